@@ -1,0 +1,274 @@
+"""Opening any image a user may upload as 8-bit RGB, and making files TensorFlow decodes the same way."""
+
+from __future__ import annotations
+
+import io
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO, Union
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from tlcore.errors import ImageError
+
+ImageSource = Union[str, os.PathLike, bytes, BinaryIO, Image.Image]
+
+NOT_AN_IMAGE = "not an image"
+CORRUPT = "corrupt or truncated"
+TOO_LARGE = "too large (decompression bomb)"
+
+_SENTENCES = {
+    NOT_AN_IMAGE: "is not an image file that can be opened. Use JPEG or PNG pictures",
+    CORRUPT: "is damaged or incomplete and cannot be read. Re-export or re-download the picture",
+    TOO_LARGE: "has far too many pixels to be opened safely. Resize it to a few thousand pixels on a side",
+}
+
+# The EXIF tag holding the camera orientation; 1 means "already upright".
+_ORIENTATION_TAG = 0x0112
+
+
+class _Unreadable(Exception):
+    """An image that failed to decode, with one of the short reasons above."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class ImageCheck:
+    """What a full decode of one image file found.
+
+    Attributes:
+        problem: None when the image is usable, else a short reason such as "corrupt or truncated".
+        width: Width in pixels after EXIF rotation (0 when unreadable).
+        height: Height in pixels after EXIF rotation (0 when unreadable).
+        needs_conversion: True when TensorFlow would fail on the file or decode other pixels.
+    """
+
+    problem: str | None
+    width: int = 0
+    height: int = 0
+    needs_conversion: bool = False
+
+
+def _source_name(source: ImageSource) -> str:
+    if isinstance(source, (str, os.PathLike)):
+        return Path(source).name
+    return "The image"
+
+
+def _open(source: ImageSource) -> Image.Image:
+    if isinstance(source, Image.Image):
+        return source
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        source = io.BytesIO(bytes(source))
+    try:
+        image = Image.open(source)
+    except UnidentifiedImageError:
+        raise _Unreadable(NOT_AN_IMAGE) from None
+    except Image.DecompressionBombError:
+        raise _Unreadable(TOO_LARGE) from None
+    except FileNotFoundError:
+        raise
+    except Exception:
+        # A malformed header can make a Pillow plugin raise almost any exception type.
+        raise _Unreadable(CORRUPT) from None
+    # Pillow only warns between one and two times its pixel limit; an upload that large is refused
+    # all the same, and checking here (not through the warnings filter) stays safe across threads.
+    limit = Image.MAX_IMAGE_PIXELS
+    if limit and image.width * image.height > limit:
+        image.close()
+        raise _Unreadable(TOO_LARGE)
+    return image
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    if image.mode == "RGB":
+        return image
+    if image.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
+        return Image.fromarray(_scale_to_8bit(np.asarray(image))).convert("RGB")
+    # Alpha is dropped rather than composited so the pixels match TensorFlow's `channels=3` decode.
+    return image.convert("RGB")
+
+
+def _scale_to_8bit(values: np.ndarray) -> np.ndarray:
+    """Maps a high bit-depth greyscale array to 0-255, scaling rather than clipping."""
+    values = values.astype(np.float64)
+    low, high = float(values.min(initial=0.0)), float(values.max(initial=0.0))
+    if low >= 0 and high <= 255:
+        # 32-bit integer images that only hold 8-bit values would turn black if rescaled.
+        scaled = values
+    elif low >= 0 and high <= 65535:
+        scaled = values / 257.0
+    else:
+        scaled = (values - low) * (255.0 / max(high - low, 1e-12))
+    return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
+
+
+def _decode(image: Image.Image) -> Image.Image:
+    """Fully decodes the first frame of an opened image into upright RGB pixels."""
+    try:
+        image.seek(0)
+        image.load()
+        upright = ImageOps.exif_transpose(image)
+        rgb = _to_rgb(upright)
+        rgb.load()
+    except _Unreadable:
+        raise
+    except Image.DecompressionBombError:
+        raise _Unreadable(TOO_LARGE) from None
+    except MemoryError:
+        raise _Unreadable(TOO_LARGE) from None
+    except Exception:
+        # Truncated and corrupt data surface as OSError, SyntaxError, zlib or struct errors.
+        raise _Unreadable(CORRUPT) from None
+    return rgb
+
+
+def load_rgb(source: ImageSource) -> Image.Image:
+    """Opens an image of any common format and mode as upright 8-bit RGB.
+
+    Applies the EXIF orientation, takes the first frame of animations, drops transparency
+    (as TensorFlow does), and scales 16-bit images down to 8 bits.
+
+    Args:
+        source: A file path, the file's bytes, an open binary file, or a Pillow image.
+
+    Returns:
+        A fully decoded Pillow image in mode "RGB".
+
+    Raises:
+        ImageError: the data is not an image, is damaged or truncated, or is too large to open safely.
+        FileNotFoundError: the path does not exist.
+    """
+    try:
+        return _decode(_open(source))
+    except _Unreadable as problem:
+        raise ImageError(f"{_source_name(source)} {_SENTENCES[problem.reason]}.") from None
+
+
+def load_array(source: ImageSource) -> np.ndarray:
+    """Opens an image as a `uint8` array of shape (height, width, 3); see `load_rgb`.
+
+    Args:
+        source: A file path, the file's bytes, an open binary file, or a Pillow image.
+
+    Returns:
+        The RGB pixels.
+
+    Raises:
+        ImageError: the image cannot be decoded.
+    """
+    return np.asarray(load_rgb(source), dtype=np.uint8)
+
+
+def check_image(path: str | Path) -> ImageCheck:
+    """Decodes an image file completely and tells whether it can be used, and how.
+
+    Args:
+        path: The image file.
+
+    Returns:
+        The check result; `problem` is set instead of raising when the file is unusable.
+    """
+    try:
+        image = _open(path)
+    except _Unreadable as problem:
+        return ImageCheck(problem=problem.reason)
+    except OSError:
+        return ImageCheck(problem="could not be read")
+    with image:
+        try:
+            # Before decoding: loading discards the frame layout the GIF check reads.
+            convert = _needs_conversion(image, Path(path))
+            rgb = _decode(image)
+        except _Unreadable as problem:
+            return ImageCheck(problem=problem.reason)
+        except Exception:
+            return ImageCheck(problem=CORRUPT)
+    return ImageCheck(problem=None, width=rgb.width, height=rgb.height, needs_conversion=convert)
+
+
+def verify_image(path: str | Path) -> str | None:
+    """Tells why an image file cannot be used, or None when it decodes fine.
+
+    Args:
+        path: The image file.
+
+    Returns:
+        None, or a short reason: "not an image", "corrupt or truncated", "too large (decompression bomb)".
+    """
+    return check_image(path).problem
+
+
+def needs_conversion(path: str | Path) -> bool:
+    """Tells whether TensorFlow's decoder would fail on a file or read other pixels than `load_rgb`.
+
+    `tf.io.decode_image(contents, channels=3, expand_animations=False)` agrees with `load_rgb` only for
+    8-bit JPEG (RGB or greyscale, upright), 8-bit PNG, plain 24-bit BMP and opaque GIF. Everything else
+    (TIFF, WebP, CMYK JPEG, 16-bit PNG, EXIF-rotated photos, ...) must be converted first.
+
+    Args:
+        path: A readable image file.
+
+    Returns:
+        True when the file should be replaced by a PNG made with `normalise_image`.
+
+    Raises:
+        ImageError: the file is not a readable image.
+    """
+    try:
+        image = _open(path)
+    except _Unreadable as problem:
+        raise ImageError(f"{_source_name(path)} {_SENTENCES[problem.reason]}.") from None
+    with image:
+        return _needs_conversion(image, Path(path))
+
+
+def _needs_conversion(image: Image.Image, path: Path) -> bool:
+    if image.format != "GIF" and getattr(image, "n_frames", 1) > 1:
+        # Animated PNG and multi-page files: TensorFlow may not pick the frame Pillow shows.
+        return True
+    if image.format in ("JPEG", "MPO"):
+        return image.mode not in ("RGB", "L") or _is_rotated(image)
+    if image.format == "PNG":
+        return _png_bit_depth(path) != 8 and image.mode != "P"
+    if image.format == "BMP":
+        return not (image.mode == "RGB" and image.info.get("compression", 0) == 0)
+    if image.format == "GIF":
+        # TensorFlow paints transparent pixels and pixels outside the first frame's box differently.
+        first_box = image.tile[0][1] if image.tile else (0, 0) + image.size
+        return "transparency" in image.info or tuple(first_box) != (0, 0) + image.size
+    return True
+
+
+def _is_rotated(image: Image.Image) -> bool:
+    return image.getexif().get(_ORIENTATION_TAG, 1) not in (0, 1)
+
+
+def _png_bit_depth(path: Path) -> int:
+    # Pillow hides the bit depth of RGB PNGs (it silently reduces 16-bit RGB to 8 bits), so read IHDR.
+    with open(path, "rb") as handle:
+        header = handle.read(26)
+    return header[24] if len(header) == 26 else 0
+
+
+def normalise_image(path: str | Path, out_path: str | Path) -> Path:
+    """Writes an 8-bit RGB PNG copy of an image that TensorFlow decodes exactly like `load_rgb`.
+
+    Args:
+        path: The source image.
+        out_path: Where to write the PNG; its folder must exist.
+
+    Returns:
+        `out_path` as a Path.
+
+    Raises:
+        ImageError: the source cannot be decoded.
+    """
+    out_path = Path(out_path)
+    load_rgb(path).save(out_path, format="PNG")
+    return out_path
