@@ -1,0 +1,581 @@
+"""Training jobs: run in a background thread, report plain events, stop on request."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from tlcore import runs
+from tlcore.errors import ModelConfigError, TransferLabError
+from tlcore.features import FeatureCache, feature_key
+from tlcore.model import ModelConfig, assemble, build_body, build_head, check_num_classes
+
+OPTIMIZERS = ("rmsprop", "adam", "sgd")
+PHASE_LOADING = "loading data"
+PHASE_EXTRACTING = "extracting features"
+PHASE_TRAINING = "training"
+PHASE_SAVING = "saving"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """What the user chose on the Train page; every field maps to one widget."""
+
+    epochs: int = 10
+    batch_size: int = 32
+    learning_rate: float = 0.001
+    optimizer: str = "adam"
+    augment: bool = False
+    early_stopping: bool = False
+    patience: int = 3
+    val_split: float = 0.2
+    seed: int = 0
+
+    def resolved(self) -> "TrainConfig":
+        """Returns a checked copy.
+
+        Raises:
+            ModelConfigError: a setting out of range, in a sentence saying why.
+        """
+        optimizer = str(self.optimizer).lower()
+        if optimizer not in OPTIMIZERS:
+            raise ModelConfigError(
+                f"Unknown optimizer `{self.optimizer}`. Choose one of: {', '.join(OPTIMIZERS)}."
+            )
+        if int(self.epochs) < 1:
+            raise ModelConfigError("Train for at least 1 epoch.")
+        if int(self.batch_size) < 1:
+            raise ModelConfigError("The batch size must be at least 1.")
+        rate = float(self.learning_rate)
+        if not (0 < rate < 10) or math.isnan(rate):
+            raise ModelConfigError(
+                f"The learning rate must be a small positive number such as 0.001, got {self.learning_rate}."
+            )
+        return dataclasses.replace(
+            self,
+            epochs=int(self.epochs),
+            batch_size=int(self.batch_size),
+            learning_rate=rate,
+            optimizer=optimizer,
+            augment=bool(self.augment),
+            early_stopping=bool(self.early_stopping),
+            patience=max(1, int(self.patience)),
+            val_split=float(self.val_split),
+            seed=int(self.seed),
+        )
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "TrainConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+class _Stopped(Exception):
+    """Raised inside the worker when the user asked to stop before training began."""
+
+
+def make_optimizer(config: TrainConfig):
+    return {
+        "rmsprop": keras.optimizers.RMSprop,
+        "adam": keras.optimizers.Adam,
+        "sgd": keras.optimizers.SGD,
+    }[config.optimizer](learning_rate=config.learning_rate)
+
+
+def compile_for(model, num_classes: int, config: TrainConfig) -> None:
+    loss = "binary_crossentropy" if num_classes == 2 else "sparse_categorical_crossentropy"
+    model.compile(optimizer=make_optimizer(config), loss=loss, metrics=["accuracy"])
+
+
+def augmenter(seed: int):
+    """Random flips, rotations, zooms and shifts, as in the classic lab; training images only."""
+    return keras.Sequential(
+        [
+            keras.layers.RandomFlip("horizontal", seed=seed),
+            keras.layers.RandomRotation(0.1, fill_mode="nearest", seed=seed + 1),
+            keras.layers.RandomZoom(0.2, fill_mode="nearest", seed=seed + 2),
+            keras.layers.RandomTranslation(0.2, 0.2, fill_mode="nearest", seed=seed + 3),
+        ],
+        name="augmentation",
+    )
+
+
+def image_dataset(items, input_size: int, batch_size: int, *, shuffle_seed: int | None = None, augment=None):
+    """Streams `(image, label)` batches from disk: decode, resize, batch, prefetch.
+
+    Images stay raw RGB (0-255, float32) because the model resizes and preprocesses inside.
+    `augment`, a Keras layer, is applied to these batches only: pass it for training data,
+    never for validation.
+    """
+    import tensorflow as tf
+
+    paths = [str(p) for p, _ in items]
+    labels = np.asarray([label for _, label in items], dtype="int32")
+    data = tf.data.Dataset.from_tensor_slices((paths, labels))
+    if shuffle_seed is not None:
+        data = data.shuffle(len(paths), seed=shuffle_seed, reshuffle_each_iteration=True)
+
+    def load(path, label):
+        image = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
+        image.set_shape([None, None, 3])
+        image = tf.image.resize(tf.cast(image, tf.float32), (input_size, input_size))
+        return image, label
+
+    data = data.map(load, num_parallel_calls=tf.data.AUTOTUNE).batch(batch_size)
+    if augment is not None:
+        data = data.map(lambda x, y: (augment(x, training=True), y), num_parallel_calls=tf.data.AUTOTUNE)
+    return data.prefetch(tf.data.AUTOTUNE)
+
+
+class FeatureBatches(keras.utils.PyDataset):
+    """Keras-ready batches of cached features, reshuffled every epoch with a fixed seed."""
+
+    def __init__(self, features, labels, batch_size: int, seed: int | None):
+        super().__init__()
+        self.features, self.labels, self.batch_size, self.seed = features, labels, batch_size, seed
+        self.rng = np.random.default_rng(seed)
+        self.order = np.arange(len(labels))
+        if seed is not None:
+            self.rng.shuffle(self.order)
+
+    def __len__(self):
+        return math.ceil(len(self.labels) / self.batch_size)
+
+    def __getitem__(self, index):
+        # Sorted indices read the memory-mapped file in order.
+        picked = np.sort(self.order[index * self.batch_size : (index + 1) * self.batch_size])
+        return np.asarray(self.features[picked], dtype="float32"), self.labels[picked]
+
+    def on_epoch_end(self):
+        if self.seed is not None:
+            self.rng.shuffle(self.order)
+
+
+@dataclass
+class JobState:
+    """A snapshot of a job, safe to read from any thread."""
+
+    status: str = runs.QUEUED
+    phase: str = ""
+    message: str = ""
+    epoch: int = 0
+    epochs: int = 0
+    step: int = 0
+    steps: int = 0
+    eta_seconds: float | None = None
+    history: dict = field(default_factory=dict)
+    phase_seconds: dict = field(default_factory=dict)
+    classes: tuple[str, ...] = ()
+    started: float | None = None
+    ended: float | None = None
+
+    @property
+    def done(self) -> bool:
+        return self.status in (runs.FINISHED, runs.STOPPED, runs.FAILED)
+
+    @property
+    def seconds(self) -> float:
+        if self.started is None:
+            return 0.0
+        return (self.ended or time.time()) - self.started
+
+    def to_dict(self) -> dict:
+        data = dataclasses.asdict(self)
+        data["classes"] = list(self.classes)
+        data["seconds"] = round(self.seconds, 3)
+        return data
+
+
+class TrainingJob:
+    """One training, run in a background thread and observed through events.
+
+    Args:
+        data: A dataset folder or zip path, or a loaded `Dataset`.
+        model_config: Backbone, cut and head settings.
+        train_config: Optimiser, epochs and the rest.
+        runs_dir: Where the run folder is created.
+        work_dir: Where extracted datasets and cached features are kept.
+        on_event: Optional callable given every event as it happens (from the worker thread).
+    """
+
+    def __init__(
+        self,
+        data,
+        model_config: ModelConfig | None = None,
+        train_config: TrainConfig | None = None,
+        runs_dir: str | Path | None = None,
+        work_dir: str | Path | None = None,
+        on_event=None,
+    ):
+        self.model_config = (model_config or ModelConfig()).resolved()
+        self.train_config = (train_config or TrainConfig()).resolved()
+        self.data = data
+        self.work_dir = Path(work_dir) if work_dir is not None else _default_work_dir()
+        self.on_event = on_event
+        self.run_dir = runs.new_run_dir(
+            runs_dir if runs_dir is not None else runs.default_runs_dir(),
+            f"{self.model_config.backbone}-{self.model_config.cut_layer}",
+        )
+        self.state = JobState(epochs=self.train_config.epochs)
+        self._events: list[dict] = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._config_json = {
+            "model": self.model_config.to_dict(),
+            "train": self.train_config.to_dict(),
+            "data": {"source": str(getattr(data, "root", data))},
+            "created": runs.now_iso(),
+        }
+        runs.write_json(self.run_dir / runs.CONFIG_FILE, self._config_json)
+        runs.mark_live(self.run_dir, True)
+        runs.write_status(self.run_dir, runs.QUEUED)
+
+    # Observing -----------------------------------------------------------------------------
+
+    def events(self, since: int = 0) -> list[dict]:
+        """Events from index `since` on; poll with the length of what you already have."""
+        with self._lock:
+            return list(self._events[since:])
+
+    def snapshot(self) -> JobState:
+        with self._lock:
+            return dataclasses.replace(
+                self.state,
+                history={k: list(v) for k, v in self.state.history.items()},
+                phase_seconds=dict(self.state.phase_seconds),
+            )
+
+    @property
+    def status(self) -> str:
+        return self.state.status
+
+    def _emit(self, kind: str, **payload) -> None:
+        event = {"type": kind, "time": time.time(), **payload}
+        with self._lock:
+            self._events.append(event)
+        if self.on_event is not None:
+            self.on_event(event)
+
+    def _set(self, **changes) -> None:
+        with self._lock:
+            for key, value in changes.items():
+                setattr(self.state, key, value)
+
+    # Control -------------------------------------------------------------------------------
+
+    def start(self) -> "TrainingJob":
+        self._thread = threading.Thread(target=self.run, name=f"train-{self.run_dir.name}", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Asks the job to stop after the current batch; the model trained so far is kept."""
+        self._stop.set()
+        self._emit("stop_requested")
+
+    @property
+    def stop_requested(self) -> bool:
+        return self._stop.is_set()
+
+    def wait(self, timeout: float | None = None) -> JobState:
+        if self._thread is not None:
+            self._thread.join(timeout)
+        return self.snapshot()
+
+    # Work ----------------------------------------------------------------------------------
+
+    def run(self) -> JobState:
+        """Runs the whole job in the calling thread; `start()` runs it in a new one."""
+        self._set(status=runs.RUNNING, started=time.time())
+        runs.write_status(self.run_dir, runs.RUNNING)
+        self._emit("status", status=runs.RUNNING)
+        self._head = None
+        self._last_good_weights = None
+        try:
+            self._work()
+            status = runs.STOPPED if self._stop.is_set() else runs.FINISHED
+            message = "Stopped by the user; the model trained so far is saved." if status == runs.STOPPED else ""
+            self._finish(status, message)
+        except _Stopped:
+            self._finish(runs.STOPPED, "Stopped by the user before training began; no model was saved.")
+        except BaseException as error:  # noqa: BLE001  (the job must always end with a status)
+            message = explain_failure(error)
+            saved = self._save_partial()
+            if saved:
+                message += " The model from the last completed epoch is saved."
+            self._finish(runs.FAILED, message)
+        return self.snapshot()
+
+    def _finish(self, status: str, message: str) -> None:
+        self._set(status=status, message=message, ended=time.time(), phase="", eta_seconds=None)
+        state = self.snapshot()
+        runs.write_status(self.run_dir, status, message, phases=state.phase_seconds, seconds=round(state.seconds, 3))
+        runs.mark_live(self.run_dir, False)
+        self._emit("status", status=status, message=message)
+
+    def _phase(self, name: str):
+        job = self
+
+        class Phase:
+            def __enter__(self):
+                self.start = time.perf_counter()
+                job._set(phase=name, step=0, steps=0, eta_seconds=None)
+                job._emit("phase", phase=name)
+                runs.write_status(job.run_dir, runs.RUNNING, phase=name)
+
+            def __exit__(self, *exc):
+                elapsed = time.perf_counter() - self.start
+                with job._lock:
+                    job.state.phase_seconds[name] = round(job.state.phase_seconds.get(name, 0.0) + elapsed, 3)
+                return False
+
+        return Phase()
+
+    def _check_stop(self) -> None:
+        if self._stop.is_set():
+            raise _Stopped()
+
+    def _work(self) -> None:
+        keras.utils.set_random_seed(self.train_config.seed)
+        with self._phase(PHASE_LOADING):
+            dataset = self._load_dataset()
+        classes = dataset.classes
+        num_classes = check_num_classes(len(classes))
+        self._set(classes=tuple(classes))
+        self._config_json["data"].update(
+            root=str(dataset.root), classes=list(classes), counts=dataset.counts(), presplit=dataset.presplit
+        )
+        runs.write_json(self.run_dir / runs.CONFIG_FILE, self._config_json)
+        runs.write_json(self.run_dir / runs.LABELS_FILE, list(classes))
+        runs.write_json(
+            self.run_dir / runs.SPLIT_FILE,
+            {
+                "classes": list(classes),
+                "train": [[str(p), int(y)] for p, y in dataset.train],
+                "validation": [[str(p), int(y)] for p, y in dataset.validation],
+            },
+        )
+        if not dataset.train or not dataset.validation:
+            raise TransferLabError(
+                "Training needs images in both the training and the validation split; "
+                "add more images to each class."
+            )
+        self._check_stop()
+        body = build_body(self.model_config)
+        self._check_stop()
+        if self.train_config.augment:
+            model = self._train_end_to_end(body, dataset, num_classes)
+        else:
+            model = self._train_on_features(body, dataset, num_classes)
+        with self._phase(PHASE_SAVING):
+            model.save(self.run_dir / runs.MODEL_FILE)
+
+    def _load_dataset(self):
+        from tlcore import dataset as datasets
+
+        if isinstance(self.data, datasets.Dataset):
+            return self.data
+        return datasets.load_dataset(
+            self.data, val_split=self.train_config.val_split, seed=self.train_config.seed, work_dir=self.work_dir
+        )
+
+    # The fast path: one backbone pass per image, then the head alone trains on the features.
+    def _train_on_features(self, body, dataset, num_classes: int):
+        with self._phase(PHASE_EXTRACTING):
+            train_x = self._features(body, dataset.train, "train")
+            val_x = self._features(body, dataset.validation, "validation")
+        train_y = np.asarray([y for _, y in dataset.train], dtype="int32")
+        val_y = np.asarray([y for _, y in dataset.validation], dtype="int32")
+        head = build_head(body.output.shape[1:], num_classes, self.model_config)
+        self._head = (head, body)
+        compile_for(head, num_classes, self.train_config)
+        seed = self.train_config.seed
+        with self._phase(PHASE_TRAINING):
+            self._fit(
+                head,
+                FeatureBatches(train_x, train_y, self.train_config.batch_size, seed),
+                FeatureBatches(val_x, val_y, self.train_config.batch_size, None),
+            )
+        return assemble(body, head, self.model_config)
+
+    def _train_end_to_end(self, body, dataset, num_classes: int):
+        config = self.model_config
+        head = build_head(body.output.shape[1:], num_classes, config)
+        self._head = (head, body)
+        model = assemble(body, head, config)
+        compile_for(model, num_classes, self.train_config)
+        size, batch = config.input_size, self.train_config.batch_size
+        train = image_dataset(
+            dataset.train, size, batch, shuffle_seed=self.train_config.seed, augment=augmenter(self.train_config.seed)
+        )
+        validation = image_dataset(dataset.validation, size, batch)
+        with self._phase(PHASE_TRAINING):
+            self._fit(model, train, validation)
+        return model
+
+    def _features(self, body, items, split: str):
+        paths = [str(p) for p, _ in items]
+        cache = FeatureCache(self.work_dir / "features")
+        key = feature_key(self.model_config.feature_key(), paths)
+        cached = cache.get(key)
+        if cached is not None and len(cached) == len(paths):
+            self._emit("progress", phase=PHASE_EXTRACTING, split=split, done=len(paths), total=len(paths), cached=True)
+            return cached
+        extractor = feature_extractor(body, self.model_config)
+        writer = cache.create(key, (len(paths), *[int(v) for v in body.output.shape[1:]]))
+        batch = max(self.train_config.batch_size, 32)
+        started = time.perf_counter()
+        try:
+            for images, _ in image_dataset(items, self.model_config.input_size, batch):
+                self._check_stop()
+                writer.write(extractor(images))
+                elapsed = time.perf_counter() - started
+                eta = elapsed / writer.count * (len(paths) - writer.count)
+                self._set(step=writer.count, steps=len(paths), eta_seconds=eta)
+                self._emit("progress", phase=PHASE_EXTRACTING, split=split, done=writer.count, total=len(paths), eta=eta)
+        except BaseException:
+            writer.abort()
+            raise
+        return writer.commit()
+
+    def _fit(self, model, train, validation) -> None:
+        callbacks = [JobCallback(self)]
+        if self.train_config.early_stopping:
+            callbacks.append(
+                keras.callbacks.EarlyStopping(
+                    monitor="val_loss", patience=self.train_config.patience, restore_best_weights=True
+                )
+            )
+        model.fit(train, validation_data=validation, epochs=self.train_config.epochs, callbacks=callbacks, verbose=0)
+
+    def _record_epoch(self, epoch: int, logs: dict, seconds: float) -> None:
+        metrics = {k: float(v) for k, v in (logs or {}).items() if k in ("loss", "accuracy", "val_loss", "val_accuracy")}
+        if any(math.isnan(v) or math.isinf(v) for v in metrics.values()):
+            raise FloatingPointError("nan loss")
+        with self._lock:
+            for key, value in metrics.items():
+                self.state.history.setdefault(key, []).append(value)
+            self.state.history.setdefault("epoch_seconds", []).append(round(seconds, 3))
+            self.state.epoch = epoch + 1
+            history = {k: list(v) for k, v in self.state.history.items()}
+        runs.write_json(self.run_dir / runs.HISTORY_FILE, history)
+        self._last_good_weights = self._head[0].get_weights() if self._head else None
+        self._emit("epoch", epoch=epoch + 1, metrics=metrics, seconds=round(seconds, 3))
+
+    def _save_partial(self) -> bool:
+        """After a failure, saves the model as of the last completed epoch, if there is one."""
+        if not self._head or self._last_good_weights is None:
+            return False
+        try:
+            head, body = self._head
+            head.set_weights(self._last_good_weights)
+            assemble(body, head, self.model_config).save(self.run_dir / runs.MODEL_FILE)
+            return True
+        except Exception:  # noqa: BLE001  (a failed rescue must not hide the first failure)
+            return False
+
+
+def feature_extractor(body, config: ModelConfig):
+    """A compiled function from resized raw images to the cut layer's features.
+
+    It applies the same resize and preprocessing layers as the saved model, so the head sees
+    exactly what it will see inside the assembled model.
+    """
+    import tensorflow as tf
+
+    from tlcore.model import BackbonePreprocess
+
+    preprocess = BackbonePreprocess(config.backbone)
+
+    @tf.function(reduce_retracing=True)
+    def extract(images):
+        return body(preprocess(images), training=False)
+
+    return lambda images: extract(images).numpy()
+
+
+class JobCallback(keras.callbacks.Callback):
+    """Feeds progress into the job and honours a stop request after the current batch."""
+
+    def __init__(self, job: TrainingJob):
+        super().__init__()
+        self.job = job
+        self.epoch_start = time.perf_counter()
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch_start = time.perf_counter()
+        self.job._set(epoch=epoch, step=0, steps=self.params.get("steps") or 0, eta_seconds=None)
+        if self.job.stop_requested:
+            self.model.stop_training = True
+
+    def on_train_batch_end(self, batch, logs=None):
+        steps = self.params.get("steps") or 0
+        elapsed = time.perf_counter() - self.epoch_start
+        eta = elapsed / (batch + 1) * max(steps - batch - 1, 0) if steps else None
+        self.job._set(step=batch + 1, steps=steps, eta_seconds=eta)
+        self.job._emit("progress", phase=PHASE_TRAINING, epoch=self.job.state.epoch + 1, done=batch + 1, total=steps, eta=eta)
+        if self.job.stop_requested:
+            self.model.stop_training = True
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.job._record_epoch(epoch, logs, time.perf_counter() - self.epoch_start)
+
+
+def explain_failure(error: BaseException) -> str:
+    """Turns an exception from inside training into a sentence a user can act on."""
+    if isinstance(error, TransferLabError):
+        return str(error)
+    if isinstance(error, FloatingPointError):
+        return (
+            "Training failed: the loss became NaN (not a number), which usually means the "
+            "learning rate is too high. Try a learning rate 10 times smaller."
+        )
+    name = type(error).__name__
+    text = str(error).strip().splitlines()[0][:300] if str(error).strip() else name
+    if isinstance(error, MemoryError) or name == "ResourceExhaustedError":
+        return (
+            "Training failed: the computer ran out of memory. Try a smaller batch size, a smaller "
+            "input size, or global average pooling instead of Flatten."
+        )
+    if name == "InvalidArgumentError" and "decode" in text.lower():
+        return f"Training failed: an image could not be decoded ({text}). Remove it and try again."
+    return f"Training failed: {name}: {text}"
+
+
+def _default_work_dir() -> Path:
+    from tlcore import dataset as datasets
+
+    finder = getattr(datasets, "default_work_dir", None)
+    return Path(finder()) if finder else Path.home() / ".tlcore"
+
+
+def train(data, model_config=None, train_config=None, runs_dir=None, work_dir=None, on_event=None) -> TrainingJob:
+    """Trains in the calling thread and returns the finished job (see `TrainingJob`)."""
+    job = TrainingJob(data, model_config, train_config, runs_dir, work_dir, on_event)
+    job.run()
+    return job
+
+
+def result_dict(job: TrainingJob) -> dict:
+    """What `python -m tlcore train --json` prints."""
+    state = job.snapshot()
+    return {
+        "run_dir": str(job.run_dir),
+        "status": state.status,
+        "message": state.message,
+        "classes": list(state.classes),
+        "history": {k: state.history.get(k, []) for k in ("loss", "accuracy", "val_loss", "val_accuracy")},
+        "seconds": round(state.seconds, 3),
+        "phase_seconds": state.phase_seconds,
+    }
