@@ -284,6 +284,11 @@ class TrainingJob:
         self._stop.set()
         self._emit("stop_requested")
 
+    def cancel(self) -> None:
+        """Ends a job that never started, keeping its run folder as a record."""
+        self._stop.set()
+        self._finish(runs.STOPPED, "Cancelled before it started.")
+
     @property
     def stop_requested(self) -> bool:
         return self._stop.is_set()
