@@ -1,0 +1,70 @@
+"""Shared fixtures: the offline assets beside the project, and a Keras cache holding real weights."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+ASSETS = ROOT.parent / "shared" / "assets"
+MOBILENET_WEIGHTS = "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_0.35_224_no_top.h5"
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+
+def asset(*parts: str) -> Path:
+    """Path of an offline asset; skips the test when absent, except in CI where it fails."""
+    path = ASSETS.joinpath(*parts)
+    if not path.exists():
+        message = f"offline asset missing: {path}"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return path
+
+
+@pytest.fixture(scope="session")
+def assets_dir() -> Path:
+    return asset()
+
+
+@pytest.fixture(scope="session")
+def horses_or_humans() -> Path:
+    return asset("datasets", "horse-or-human")
+
+
+@pytest.fixture(scope="session")
+def flowers() -> Path:
+    return asset("datasets", "flowers")
+
+
+@pytest.fixture(scope="session")
+def keras_home(tmp_path_factory) -> Path:
+    """A temporary KERAS_HOME whose cache holds the real MobileNetV2 (alpha 0.35) weights."""
+    weights = asset("weights", MOBILENET_WEIGHTS)
+    home = tmp_path_factory.mktemp("keras_home")
+    (home / "models").mkdir()
+    shutil.copy(weights, home / "models" / MOBILENET_WEIGHTS)
+    return home
+
+
+@pytest.fixture
+def real_weights(keras_home, monkeypatch) -> Path:
+    """Points Keras' weights cache at `keras_home` for one test."""
+    monkeypatch.setenv("KERAS_HOME", str(keras_home))
+    return keras_home
+
+
+@pytest.fixture
+def no_cached_weights(tmp_path, monkeypatch) -> Path:
+    """An empty Keras cache, so `imagenet` weights must be downloaded (which fails offline)."""
+    home = tmp_path / "empty_keras_home"
+    (home / "models").mkdir(parents=True)
+    monkeypatch.setenv("KERAS_HOME", str(home))
+    return home
