@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import lzma
 import re
 import shutil
 import stat
 import tempfile
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Callable
@@ -134,7 +136,19 @@ def _size(num_bytes: int) -> str:
     return f"{num_bytes / _MiB:.1f} MB"
 
 
-def _open_zip(zip_path: Path) -> zipfile.ZipFile:
+def open_zip(zip_path: str | Path) -> zipfile.ZipFile:
+    """Opens a zip for reading, with a plain message when the file is not a zip.
+
+    Args:
+        zip_path: The file.
+
+    Returns:
+        The open archive; close it after use.
+
+    Raises:
+        DatasetError: the file is missing or not a zip archive.
+    """
+    zip_path = Path(zip_path)
     if not zip_path.is_file():
         raise DatasetError(f"The file `{zip_path.name}` does not exist.")
     try:
@@ -146,7 +160,7 @@ def _open_zip(zip_path: Path) -> zipfile.ZipFile:
         ) from None
 
 
-def check_zip(archive: zipfile.ZipFile, limits: ZipLimits = ZipLimits()) -> list[_Member]:
+def _check_zip(archive: zipfile.ZipFile, limits: ZipLimits = ZipLimits()) -> list[_Member]:
     """Checks every entry of an open zip against the safety rules, before anything is written.
 
     Args:
@@ -215,8 +229,8 @@ def extract_zip(
     zip_path, destination = Path(zip_path), Path(destination)
     if destination.exists():
         raise FileExistsError(destination)
-    with _open_zip(zip_path) as archive:
-        members = check_zip(archive, limits)
+    with open_zip(zip_path) as archive:
+        members = _check_zip(archive, limits)
         destination.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{destination.name}.", suffix=".partial", dir=destination.parent))
         try:
@@ -270,7 +284,7 @@ def _write_file(archive: zipfile.ZipFile, member: _Member, target: Path, written
                         f"{_size(limits.max_total_bytes)} allowed."
                     )
                 sink.write(chunk)
-    except (zipfile.BadZipFile, EOFError, zlib_errors()) as error:
+    except (zipfile.BadZipFile, EOFError, zlib.error, lzma.LZMAError) as error:
         # Python's reader stops at the declared size, so data beyond it shows up as a checksum error.
         raise UnsafeArchiveError(
             f"The zip archive is damaged: `{name}` does not match the size or checksum recorded in the "
@@ -282,11 +296,9 @@ def _write_file(archive: zipfile.ZipFile, member: _Member, target: Path, written
             "Check that the file names are ordinary and not too long, or ask the server's administrator."
         ) from error
     if written != info.file_size:
-        raise lying
+        raise UnsafeArchiveError(
+            f"The zip archive is damaged: `{name}` is shorter than its header declares. "
+            "Zip the dataset folder again and upload the new file."
+        )
     return written
 
-
-def zlib_errors() -> type[Exception]:
-    import zlib
-
-    return zlib.error
