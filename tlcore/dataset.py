@@ -8,6 +8,7 @@ import random
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -58,6 +59,8 @@ class Dataset:
         presplit: True when the folder came split into train and validation.
         skipped: Files left out, with the reason; paths are relative to `root`.
         warnings: Problems that do not stop training, in plain sentences.
+        converted: `(png_path, original)` for each PNG copy made for TensorFlow this time,
+            the original given relative to `root`.
     """
 
     root: Path
@@ -68,6 +71,7 @@ class Dataset:
     presplit: bool = False
     skipped: tuple[Skipped, ...] = field(default_factory=tuple)
     warnings: tuple[str, ...] = field(default_factory=tuple)
+    converted: tuple[tuple[Path, str], ...] = field(default_factory=tuple)
 
     @property
     def num_classes(self) -> int:
@@ -85,6 +89,20 @@ class Dataset:
                 per[self.classes[label]] += 1
             result[split] = per
         return result
+
+    @cached_property
+    def _originals(self) -> dict[Path, str]:
+        return dict(self.converted)
+
+    def display_path(self, path: Path) -> str:
+        """How to name an image to the user: its path in the dataset, even for a converted copy."""
+        original = self._originals.get(Path(path))
+        if original is not None:
+            return original
+        try:
+            return Path(path).relative_to(self.root).as_posix()
+        except ValueError:
+            return Path(path).name
 
 
 def default_work_dir() -> Path:
@@ -236,6 +254,7 @@ class _Scan:
         self.skipped: list[Skipped] = []
         self.warnings: list[str] = []
         self.candidates: list[tuple[str, ...]] = []
+        self.converted: list[tuple[Path, str]] = []
         self.any_file = False
         self._walk()
 
@@ -300,6 +319,7 @@ class _Scan:
             presplit=presplit,
             skipped=tuple(sorted(self.skipped, key=lambda item: item.path)),
             warnings=tuple(self.warnings),
+            converted=tuple(self.converted),
         )
 
     def _under(self, prefix: tuple[str, ...]) -> list[tuple[str, ...]]:
@@ -387,6 +407,7 @@ class _Scan:
         for parts, converted in zip(to_convert, self._parallel("converting", self._convert, to_convert)):
             if isinstance(converted, Path):
                 usable[parts] = converted
+                self.converted.append((converted, "/".join(parts)))
             else:
                 self._skip(parts, converted)
         return {
