@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import lzma
 import re
 import shutil
@@ -273,7 +274,7 @@ def _write_file(archive: zipfile.ZipFile, member: _Member, target: Path, written
     written = 0
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
-        with archive.open(info) as source, open(target, "xb") as sink:
+        with archive.open(_one_byte_more(info)) as source, open(target, "xb") as sink:
             while chunk := source.read(_CHUNK_BYTES):
                 written += len(chunk)
                 if written > info.file_size or written > limits.max_file_bytes:
@@ -285,7 +286,6 @@ def _write_file(archive: zipfile.ZipFile, member: _Member, target: Path, written
                     )
                 sink.write(chunk)
     except (zipfile.BadZipFile, EOFError, zlib.error, lzma.LZMAError) as error:
-        # Python's reader stops at the declared size, so data beyond it shows up as a checksum error.
         raise UnsafeArchiveError(
             f"The zip archive is damaged: `{name}` does not match the size or checksum recorded in the "
             "archive. Zip the dataset folder again and upload the new file."
@@ -302,3 +302,13 @@ def _write_file(archive: zipfile.ZipFile, member: _Member, target: Path, written
         )
     return written
 
+
+def _one_byte_more(info: zipfile.ZipInfo) -> zipfile.ZipInfo:
+    """A copy of an entry's header declaring one byte more than it does.
+
+    Python's reader silently stops at the declared size, so a header that understates it would
+    go unnoticed; allowed one byte more, the reader hands over that byte and the lie shows.
+    """
+    probe = copy.copy(info)
+    probe.file_size = info.file_size + 1
+    return probe
