@@ -1,0 +1,104 @@
+"""Runs page: every training so far; open one, delete one, or compare their curves."""
+
+import streamlit as st
+
+import ui
+from tlcore.charts import compare_runs_figure
+from tlcore.errors import TransferLabError
+from tlcore.predict import forget_predictors
+from tlcore.runs import delete_run, list_runs
+
+METRICS = {"accuracy": "Accuracy", "loss": "Loss"}
+
+
+def row(info) -> dict:
+    model, train = info.config.get("model", {}), info.config.get("train", {})
+    return {
+        "run": info.name,
+        "status": info.status,
+        "best_val_accuracy": info.best_val_accuracy,
+        "backbone": model.get("backbone"),
+        "input_size": model.get("input_size"),
+        "cut_layer": model.get("cut_layer"),
+        "pooling": model.get("pooling"),
+        "dense_units": ", ".join(str(u) for u in model.get("dense_units") or []) or "none",
+        "dropout": model.get("dropout"),
+        "weights": model.get("weights"),
+        "epochs": f"{info.epochs_done} / {train.get('epochs', '?')}",
+        "optimizer": train.get("optimizer"),
+        "learning_rate": train.get("learning_rate"),
+        "augment": train.get("augment"),
+        "created": info.created,
+    }
+
+
+def short_name(info) -> str:
+    model = info.config.get("model", {})
+    return f"{info.name[9:15]} · {model.get('cut_layer')} · dropout {model.get('dropout', 0):g}"
+
+
+ui.page_setup()
+st.title("Runs")
+st.markdown("Every training is kept as a **run**. Select rows to compare their curves, open one, or delete it.")
+
+infos = list_runs(ui.runs_dir())
+if not infos:
+    ui.no_runs_yet()
+    st.stop()
+
+event = st.dataframe(
+    [row(info) for info in infos],
+    hide_index=True,
+    on_select="rerun",
+    selection_mode="multi-row",
+    key="runs_table",
+    column_config={
+        "run": st.column_config.TextColumn("Run"),
+        "status": st.column_config.TextColumn("Status"),
+        "best_val_accuracy": st.column_config.ProgressColumn(
+            "Best validation accuracy", format="percent", min_value=0.0, max_value=1.0
+        ),
+        "backbone": "Backbone",
+        "input_size": "Input size",
+        "cut_layer": "Cut layer",
+        "pooling": "Pooling",
+        "dense_units": "Hidden layers",
+        "dropout": "Dropout",
+        "weights": "Weights",
+        "epochs": "Epochs",
+        "optimizer": "Optimizer",
+        "learning_rate": st.column_config.NumberColumn("Learning rate", format="%g"),
+        "augment": st.column_config.CheckboxColumn("Augment"),
+        "created": "Started",
+    },
+)
+selected = [infos[index] for index in event.selection.rows]
+if not selected:
+    st.caption("Tick the box at the start of one or more rows.")
+    st.stop()
+
+actions = st.columns([1, 1, 3])
+if len(selected) == 1 and selected[0].has_model:
+    if actions[0].button("Use as current model", icon=":material/check:"):
+        st.session_state[ui.CURRENT_RUN] = str(selected[0].path)
+        st.toast(f"Evaluate and Predict now use {selected[0].name}.")
+with actions[1].popover(f"Delete {len(selected)} run(s)", icon=":material/delete:"):
+    st.markdown("The run folders, with their models, are removed for good.")
+    if st.button("Yes, delete", type="primary"):
+        for info in selected:
+            try:
+                delete_run(info.path)
+            except TransferLabError as error:
+                ui.show_error(error)
+                continue
+            if st.session_state.get(ui.CURRENT_RUN) == str(info.path):
+                st.session_state.pop(ui.CURRENT_RUN)
+        forget_predictors()
+        st.session_state.pop("runs_table", None)
+        st.rerun()
+
+st.subheader("Compare")
+metric = st.segmented_control("Curve", list(METRICS), format_func=METRICS.get, default="accuracy", required=True)
+histories = {short_name(info): info.history for info in selected}
+st.plotly_chart(compare_runs_figure(histories, metric))
+st.caption("Solid lines: validation (images not trained on). Dashed lines: training.")
