@@ -82,7 +82,8 @@ def make_zip(path: Path, files: dict[str, bytes]) -> Path:
     """Writes a zip holding `{member name: bytes}`; names are stored exactly as given."""
     with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
         for name, data in files.items():
-            archive.writestr(zipfile.ZipInfo(name, date_time=(2024, 1, 1, 0, 0, 0)), data)
+            entry = zipfile.ZipInfo(name, date_time=(2024, 1, 1, 0, 0, 0))
+            archive.writestr(entry, data, compress_type=zipfile.ZIP_DEFLATED)
     return path
 
 

@@ -98,13 +98,15 @@ def _check_member(info: zipfile.ZipInfo, limits: ZipLimits) -> _Member:
     name = _display(member_name(info))
     parts = _safe_parts(info)
     mode = info.external_attr >> 16
-    if stat.S_ISLNK(mode):
+    # Many tools store permission bits without a file type; no type means an ordinary file.
+    file_type = stat.S_IFMT(mode)
+    if file_type == stat.S_IFLNK:
         raise UnsafeArchiveError(
             f"The zip archive was rejected because `{name}` is a symbolic link, which could point anywhere "
             "on the server. Zip the real files instead of links."
         )
-    is_dir = info.is_dir() or stat.S_ISDIR(mode)
-    if mode and not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+    is_dir = info.is_dir() or file_type == stat.S_IFDIR
+    if file_type not in (0, stat.S_IFREG, stat.S_IFDIR):
         raise UnsafeArchiveError(
             f"The zip archive was rejected because `{name}` is a special file, not an ordinary file or folder."
         )
@@ -272,6 +274,7 @@ def _write_file(archive: zipfile.ZipFile, member: _Member, target: Path, written
         "a trick used by zip bombs."
     )
     written = 0
+    checksum = 0
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         with archive.open(_one_byte_more(info)) as source, open(target, "xb") as sink:
@@ -284,6 +287,7 @@ def _write_file(archive: zipfile.ZipFile, member: _Member, target: Path, written
                         f"The zip archive was rejected because it unpacks to more than the "
                         f"{_size(limits.max_total_bytes)} allowed."
                     )
+                checksum = zlib.crc32(chunk, checksum)
                 sink.write(chunk)
     except (zipfile.BadZipFile, EOFError, zlib.error, lzma.LZMAError) as error:
         raise UnsafeArchiveError(
@@ -295,20 +299,22 @@ def _write_file(archive: zipfile.ZipFile, member: _Member, target: Path, written
             f"The zip archive could not be unpacked on the server ({error.strerror or error}). "
             "Check that the file names are ordinary and not too long, or ask the server's administrator."
         ) from error
-    if written != info.file_size:
+    if written != info.file_size or checksum != info.CRC:
         raise UnsafeArchiveError(
-            f"The zip archive is damaged: `{name}` is shorter than its header declares. "
-            "Zip the dataset folder again and upload the new file."
+            f"The zip archive is damaged: `{name}` does not match the size or checksum recorded in the "
+            "archive. Zip the dataset folder again and upload the new file."
         )
     return written
 
 
 def _one_byte_more(info: zipfile.ZipInfo) -> zipfile.ZipInfo:
-    """A copy of an entry's header declaring one byte more than it does.
+    """A copy of an entry's header declaring one byte more than it does, and no checksum.
 
     Python's reader silently stops at the declared size, so a header that understates it would
-    go unnoticed; allowed one byte more, the reader hands over that byte and the lie shows.
+    go unnoticed; allowed one byte more, the reader hands over that byte and the lie shows. Its
+    checksum test would fail first on that byte, so the caller checks the checksum itself.
     """
     probe = copy.copy(info)
     probe.file_size = info.file_size + 1
+    probe.CRC = None
     return probe
