@@ -158,8 +158,8 @@ def open_zip(zip_path: str | Path) -> zipfile.ZipFile:
         return zipfile.ZipFile(zip_path)
     except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError, EOFError):
         raise DatasetError(
-            f"This file is not a zip archive (`{zip_path.name}`). Upload a .zip file that holds one folder "
-            "of images per class, for example `cats/` and `dogs/`."
+            f"This file is not a zip archive (`{zip_path.name}`). Upload a .zip file holding one folder "
+            "per class with the images inside, for example `cats/` and `dogs/`."
         ) from None
 
 

@@ -381,7 +381,11 @@ class _Scan:
                 found = self._under(class_prefix)
                 nested_only &= all(len(parts) > len(class_prefix) + 1 for parts in found)
                 files[name] += found
-        if files and nested_only:
+        if not files:
+            raise DatasetError(
+                f"The images in `{'/'.join(prefixes[0]) or self.top.name}` are not inside class folders. {GOOD_LAYOUT}"
+            )
+        if nested_only:
             where = "/".join(prefixes[0]) or self.top.name
             raise DatasetError(
                 f"The class folders in `{where}` hold no images themselves, only more folders: the images "
