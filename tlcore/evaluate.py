@@ -18,6 +18,7 @@ from tlcore.predict import Predictor, get_predictor
 from tlcore.runs import SPLIT_FILE, read_json
 
 DATASET_SPLITS = ("train", "validation", "test")
+DEFAULT_SPLITS = ("validation",)
 LISTED_NAMES = 5
 
 
@@ -108,8 +109,12 @@ def _names(paths: Sequence[str]) -> str:
 
 
 def _relabel(items, classes: Sequence[str], labels: Sequence[str]) -> list[tuple[str, int]]:
-    """Maps labels indexing `classes` onto the model's label order, by class name."""
-    unknown = [name for name in classes if name not in labels]
+    """Maps labels indexing `classes` onto the model's label order, by class name.
+
+    Only classes that have images here must be known to the model.
+    """
+    used = sorted({int(label) for _, label in items})
+    unknown = [classes[label] for label in used if classes[label] not in labels]
     if unknown:
         raise DatasetError(
             f"The model was not trained on the class(es) {', '.join(f'`{n}`' for n in unknown)}; "
@@ -163,7 +168,9 @@ def _stream_probabilities(
         return decode_resized(path, predictor.input_size), index
 
     data = (
-        tf.data.Dataset.from_tensor_slices((np.asarray(chosen, dtype="int64"), [paths[i] for i in chosen]))
+        tf.data.Dataset.from_tensor_slices(
+            (tf.constant(chosen, tf.int64), tf.constant([paths[i] for i in chosen], tf.string))
+        )
         .map(load, num_parallel_calls=tf.data.AUTOTUNE)
         # A file TensorFlow cannot decode is dropped with its index, so the rest still line up.
         .ignore_errors()
@@ -194,8 +201,8 @@ def evaluate(
         run_dir: The run folder.
         dataset: Images to evaluate on. None uses the run's own validation split from its
             `split.json`, leaving out files no longer on disk.
-        splits: Which of the dataset's splits to use; all of them by default, since a dataset
-            passed here is usually a held-out test set. Ignored when `dataset` is None.
+        splits: Which of the dataset's splits to use (`"train"`, `"validation"`, `"test"`);
+            its validation images by default. Ignored when `dataset` is None.
         batch_size: Images per model call.
         on_progress: Called as `on_progress(done, total)` after each batch.
 
@@ -212,10 +219,11 @@ def evaluate(
     if dataset is None:
         items = _run_validation_items(run_dir, labels)
     else:
-        unknown_splits = [s for s in (splits or ()) if s not in DATASET_SPLITS]
+        splits = DEFAULT_SPLITS if splits is None else tuple(splits)
+        unknown_splits = [name for name in splits if name not in DATASET_SPLITS]
         if unknown_splits:
             raise ValueError(f"Unknown split `{unknown_splits[0]}`. Choose from: {', '.join(DATASET_SPLITS)}.")
-        items = _dataset_items(dataset, labels, splits or DATASET_SPLITS)
+        items = _dataset_items(dataset, labels, splits)
     notes = []
     missing = [path for path, _ in items if not Path(path).is_file()]
     if missing:

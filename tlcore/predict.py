@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
@@ -9,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from tlcore.errors import RunError
 from tlcore.images import load_array
@@ -154,7 +156,8 @@ class Predictor:
         """Classifies images.
 
         Args:
-            images: Paths, bytes, file-like objects or PIL images, of any size and mode.
+            images: Paths, bytes, file-like objects or PIL images, of any size and mode; a
+                single image is taken as a list of one.
             batch_size: How many images go through the model at once; bounds memory use.
 
         Returns:
@@ -165,10 +168,14 @@ class Predictor:
         """
         import tensorflow as tf
 
+        if isinstance(images, (str, bytes, bytearray, os.PathLike, Image.Image)) or hasattr(images, "read"):
+            # One image passed on its own; iterating it would yield characters or bytes.
+            images = [images]
         images = list(images)
+        step = max(1, int(batch_size))
         predictions: list[Prediction] = []
-        for start in range(0, len(images), max(1, int(batch_size))):
-            batch = tf.stack([self.resize(load_array(image)) for image in images[start : start + batch_size]])
+        for start in range(0, len(images), step):
+            batch = tf.stack([self.resize(load_array(image)) for image in images[start : start + step]])
             rows = self.class_probabilities(batch)
             predictions += [Prediction.from_vector(self.labels, row) for row in rows]
         return predictions
