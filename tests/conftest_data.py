@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import zipfile
 from pathlib import Path
@@ -94,6 +95,15 @@ def snapshot(folder: Path) -> dict[str, int]:
     return {
         path.relative_to(folder).as_posix(): (path.stat().st_size if path.is_file() else -1)
         for path in folder.rglob("*")
+    }
+
+
+def file_hashes(folder: Path) -> dict[str, str]:
+    """Every file below `folder` with a hash of its bytes, to prove files are unchanged or identical."""
+    return {
+        path.relative_to(folder).as_posix(): hashlib.sha256(path.read_bytes()).hexdigest()
+        for path in sorted(folder.rglob("*"))
+        if path.is_file()
     }
 
 

@@ -92,22 +92,18 @@ def test_paths_escaping_the_folder_are_refused(upload, destination, name):
     assert not (upload.parent.parent / "evil.txt").exists()
 
 
-def test_symlink_member_is_refused(upload, destination):
-    link = zipfile.ZipInfo("cats/a.png")
-    link.create_system = 3
-    link.external_attr = (stat.S_IFLNK | 0o777) << 16
+@pytest.mark.parametrize(
+    "file_type, content, message",
+    [(stat.S_IFLNK, b"/etc/passwd", "symbolic link"), (stat.S_IFIFO, b"", "special file")],
+    ids=["symlink", "fifo"],
+)
+def test_links_and_special_files_are_refused(upload, destination, file_type, content, message):
+    entry = zipfile.ZipInfo("cats/a.png")
+    entry.create_system = 3
+    entry.external_attr = (file_type | 0o777) << 16
     with zipfile.ZipFile(upload, "w") as archive:
-        archive.writestr(link, "/etc/passwd")
-    assert_rejected(upload, destination, match="symbolic link")
-
-
-def test_special_file_member_is_refused(upload, destination):
-    fifo = zipfile.ZipInfo("cats/pipe")
-    fifo.create_system = 3
-    fifo.external_attr = (stat.S_IFIFO | 0o644) << 16
-    with zipfile.ZipFile(upload, "w") as archive:
-        archive.writestr(fifo, b"")
-    assert_rejected(upload, destination, match="special file")
+        archive.writestr(entry, content)
+    assert_rejected(upload, destination, match=message)
 
 
 def test_encrypted_member_is_refused(upload, destination):

@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
-import hashlib
 import re
 from pathlib import Path
 
 import pytest
 
-from conftest_data import assert_same_pixels, class_files, make_zip, real_images, snapshot, unusual_encodings, write_files
+from conftest_data import (
+    assert_same_pixels,
+    class_files,
+    file_hashes,
+    make_zip,
+    real_images,
+    snapshot,
+    unusual_encodings,
+    write_files,
+)
 from tlcore import dataset as datasets
 from tlcore.dataset import Skipped, load_dataset, load_folder
 from tlcore.errors import DatasetError, UnsafeArchiveError
@@ -26,28 +34,15 @@ def work(tmp_path) -> Path:
     return tmp_path / "work"
 
 
-def contents(folder: Path) -> dict[str, str]:
-    """Every file below `folder` with a hash of its bytes, to prove a folder was left untouched."""
-    return {
-        path.relative_to(folder).as_posix(): hashlib.sha256(path.read_bytes()).hexdigest()
-        for path in folder.rglob("*")
-        if path.is_file()
-    }
-
-
-def names(items) -> list[str]:
-    return sorted(path.name for path, _ in items)
-
-
 def test_class_folders(tmp_path, work, pets):
     folder = write_files(tmp_path / "pets", class_files(pets))
-    before = contents(folder)
+    before = file_hashes(folder)
     data = load_dataset(folder, work_dir=work)
     assert data.classes == ("horses", "humans") and data.root == folder
     assert data.counts() == {"train": {"horses": 5, "humans": 5}, "validation": {"horses": 1, "humans": 1}}
     assert not data.presplit and data.skipped == () and data.warnings == () and data.test == ()
     assert all(isinstance(path, Path) and isinstance(label, int) for path, label in data.train + data.validation)
-    assert contents(folder) == before and not work.exists()
+    assert file_hashes(folder) == before and not work.exists()
 
 
 def test_split_is_stratified_and_repeatable(tmp_path, work, pets):
@@ -212,9 +207,9 @@ def _assert_tensorflow_agrees(data, originals: Path) -> None:
 def test_unusual_images_in_a_folder_are_converted_elsewhere(tmp_path, work, pets, flowers):
     files = _unusual_dataset(pets, flowers)
     folder = write_files(tmp_path / "pets", files)
-    before = contents(folder)
+    before = file_hashes(folder)
     data = load_dataset(folder, work_dir=work)
-    assert contents(folder) == before
+    assert file_hashes(folder) == before
     converted = dict(data.converted)
     assert sorted(converted.values()) == [
         "horses/cmyk.jpg", "horses/grey16.png", "horses/lossless.webp", "horses/photo.tif", "horses/rotated.jpg"

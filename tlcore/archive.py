@@ -10,9 +10,10 @@ import stat
 import tempfile
 import zipfile
 import zlib
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Callable
+from typing import Callable, Iterator
 
 from tlcore.errors import DatasetError, UnsafeArchiveError
 
@@ -228,21 +229,39 @@ def extract_zip(
         DatasetError: the file is not a zip, or cannot be unpacked.
         UnsafeArchiveError: the zip breaks a safety rule.
         FileExistsError: `destination` already exists.
+        OSError: another process created `destination` meanwhile.
     """
     zip_path, destination = Path(zip_path), Path(destination)
     if destination.exists():
         raise FileExistsError(destination)
     with open_zip(zip_path) as archive:
         members = _check_zip(archive, limits)
-        destination.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{destination.name}.", suffix=".partial", dir=destination.parent))
-        try:
+        with staged_folder(destination) as staging:
             _write_members(archive, members, staging, limits, progress)
-            staging.rename(destination)
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
     return destination
+
+
+@contextmanager
+def staged_folder(destination: Path) -> Iterator[Path]:
+    """Yields a fresh hidden folder beside `destination` that becomes it only if the block succeeds.
+
+    Readers never see a half-written folder: the rename at the end is atomic, and on any
+    error (or cancellation) the hidden folder is removed.
+
+    Args:
+        destination: The folder to create; an existing one must be empty or is refused by the rename.
+
+    Yields:
+        The folder to fill.
+    """
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{destination.name}.", suffix=".partial", dir=destination.parent))
+    try:
+        yield staging
+        staging.rename(destination)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
 
 
 def _write_members(

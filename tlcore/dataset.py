@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Sequence, TypeVar
 
 from tlcore import images
 from tlcore.archive import ZipLimits, extract_zip, open_zip
@@ -33,6 +33,9 @@ _JUNK_FILES = {
     "desktop.ini": "Windows folder settings",
 }
 _JUNK_FOLDERS = {"__macosx": "macOS metadata folder"}
+
+T = TypeVar("T")
+R = TypeVar("R")
 
 Progress = Callable[[str, int, int], None]
 """Called as `progress(stage, done, total)`, stage being "unpacking", "checking" or "converting"."""
@@ -226,9 +229,33 @@ def unpack_zip(
     on_entry = (lambda done, total: progress("unpacking", done, total)) if progress else None
     try:
         return extract_zip(zip_path, destination, limits or ZipLimits(), on_entry)
-    except FileExistsError:
+    except OSError:
         # Another request unpacked the same zip meanwhile; its folder is complete (renamed at the end).
-        return destination
+        if destination.is_dir():
+            return destination
+        raise
+
+
+def map_in_threads(work: Callable[[T], R], items: Sequence[T], progress: Callable[[int, int], None] | None = None) -> list[R]:
+    """Applies `work` to every item on a few threads, keeping the order.
+
+    Pillow, hashing and file reads release the GIL, so threads give a real speed-up on image files.
+
+    Args:
+        work: The function to apply.
+        items: Its inputs.
+        progress: Called as `progress(done, total)` every few dozen items and at the end.
+
+    Returns:
+        The results, in the order of `items`.
+    """
+    results = []
+    with ThreadPoolExecutor(max_workers=min(16, (os.cpu_count() or 2) * 2)) as pool:
+        for done, result in enumerate(pool.map(work, items), start=1):
+            results.append(result)
+            if progress is not None and (done % 64 == 0 or done == len(items)):
+                progress(done, len(items))
+    return results
 
 
 def _junk_reason(name: str, is_dir: bool) -> str | None:
@@ -420,14 +447,8 @@ class _Scan:
         }
 
     def _parallel(self, stage: str, work: Callable, items: list) -> list:
-        results = []
-        with ThreadPoolExecutor(max_workers=min(16, (os.cpu_count() or 2) * 2)) as pool:
-            # Pillow releases the GIL while decoding, so threads give a real speed-up here.
-            for done, result in enumerate(pool.map(work, items), start=1):
-                results.append(result)
-                if self.progress is not None and (done % 64 == 0 or done == len(items)):
-                    self.progress(stage, done, len(items))
-        return results
+        report = (lambda done, total: self.progress(stage, done, total)) if self.progress else None
+        return map_in_threads(work, items, report)
 
     def _convert(self, parts: tuple[str, ...]) -> Path | str:
         """Writes the PNG copy of one image; returns its path, or the reason it failed."""

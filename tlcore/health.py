@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import hashlib
-import os
 import statistics
 from collections import defaultdict
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 from PIL import Image
 
-from tlcore.dataset import Dataset, Skipped
+from tlcore.dataset import Dataset, Skipped, map_in_threads
 
 MIN_TRAINING_IMAGES = 2
 FEW_TRAINING_IMAGES = 20
@@ -150,8 +148,7 @@ def health_report(dataset: Dataset) -> HealthReport:
         The report; nothing is raised for problems, they are listed in `errors` and `warnings`.
     """
     items = [(path, label, split) for split in SPLITS for path, label in getattr(dataset, split)]
-    with ThreadPoolExecutor(max_workers=min(16, (os.cpu_count() or 2) * 2)) as pool:
-        facts = list(pool.map(_file_facts, [path for path, _, _ in items]))
+    facts = map_in_threads(_file_facts, [path for path, _, _ in items])
     counts = dataset.counts()
     errors, warnings = _count_problems(dataset.classes, counts.get("train", {}))
     warnings = list(dataset.warnings) + warnings

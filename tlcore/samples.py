@@ -7,7 +7,6 @@ import json
 import math
 import shutil
 import socket
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -15,6 +14,7 @@ from typing import Callable
 import numpy as np
 from PIL import Image, ImageDraw
 
+from tlcore.archive import staged_folder
 from tlcore.dataset import METADATA_FILE, default_work_dir, unpack_zip
 from tlcore.errors import DatasetError
 
@@ -76,9 +76,7 @@ def make_shapes_dataset(dest: str | Path, *, seed: int = 0, per_class: int = 120
         return dest
     if dest.exists() and not marker.is_file() and any(dest.iterdir()):
         raise DatasetError(f"The folder `{dest}` already holds other files, so the shapes sample was not written there.")
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".partial", dir=dest.parent))
-    try:
+    with staged_folder(dest) as staging:
         n_train = int(round(per_class * TRAIN_FRACTION))
         for class_index, shape in enumerate(SHAPES):
             for split in ("train", "validation"):
@@ -86,15 +84,12 @@ def make_shapes_dataset(dest: str | Path, *, seed: int = 0, per_class: int = 120
             for index in range(per_class):
                 split = "train" if index < n_train else "validation"
                 image = draw_shape(shape, size, np.random.default_rng([seed, class_index, index]))
-                image.save(staging / split / shape / f"{shape}_{index:04d}.png")
+                # Light compression: noisy backgrounds barely shrink, and saving dominates the time.
+                image.save(staging / split / shape / f"{shape}_{index:04d}.png", compress_level=1)
         (staging / METADATA_FILE).write_text(json.dumps(settings))
-        # Only a complete dataset ever appears at `dest`; a stale one of ours is replaced.
+        # A stale dataset of ours (other settings) is replaced; only a complete one ever appears at `dest`.
         if dest.exists():
             shutil.rmtree(dest)
-        staging.rename(dest)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return dest
 
 
