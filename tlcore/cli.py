@@ -229,7 +229,7 @@ def _cmd_evaluate(args) -> dict:
         print(f"Accuracy: {result.accuracy:.4f}")
         print(result.per_class_frame().to_string(index=False))
         print("Confusion matrix (rows: true class, columns: predicted):")
-        for name, row in zip(result.classes, result.confusion):
+        for name, row in zip(result.classes, result.confusion_matrix):
             print(f"  {name:>20}: {row}")
     return result.to_dict()
 
