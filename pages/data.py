@@ -41,11 +41,13 @@ try:
             path = ui.save_upload(uploaded, "datasets")
             ui.dataset(str(path))
         ui.choose_dataset(path, uploaded.name)
+        st.rerun()
     if use_sample:
         with st.spinner(f"Preparing the {SAMPLES[sample].display_name} sample…"):
             path = prepare_sample(sample, work_dir=ui.work_dir())
             ui.dataset(str(path))
         ui.choose_dataset(path, f"{SAMPLES[sample].display_name} (sample)")
+        st.rerun()
 except TransferLabError as error:
     ui.show_error(error)
 

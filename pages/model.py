@@ -132,10 +132,10 @@ if st.session_state.get("keep.cut_layer") not in names:
 cut_layer = st.selectbox(
     "Cut layer",
     names,
-    format_func=lambda name: f"{name}  ({shapes[name]})",
     key="keep.cut_layer",
     help="The backbone is kept up to and including this layer; everything after it is thrown away.",
 )
+st.caption(f"`{cut_layer}` gives a grid of {shapes[cut_layer]} features (height x width x channels).")
 
 with st.expander("Layer browser: every layer of the backbone", icon=":material/table_rows:"):
     filters = st.columns([2, 2, 1])

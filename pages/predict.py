@@ -36,14 +36,12 @@ except TransferLabError as error:
     st.stop()
 
 for upload in uploads:
-    picture, chart = st.columns([1, 2], gap="large", vertical_alignment="center")
     try:
         prediction = predictor.predict([upload.getvalue()])[0]
     except TransferLabError as error:
-        picture.markdown(f"**{upload.name}**")
-        with chart:
-            ui.show_error(error)
+        st.error(f"**{upload.name}**: {error}", icon=":material/error:")
         continue
+    picture, chart = st.columns([1, 2], gap="large", vertical_alignment="center")
     image = ui.thumbnail(upload.getvalue(), 320)
     if image is not None:
         picture.image(image, caption=upload.name, width="stretch")

@@ -1,0 +1,494 @@
+"""Every dashboard page driven with Streamlit's AppTest: widgets, defaults, errors, numbers."""
+
+from __future__ import annotations
+
+import ast
+import io
+import json
+import zipfile
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+from PIL import Image
+from streamlit.testing.v1 import AppTest
+
+import tlcore.jobs
+from tlcore import runs
+from tlcore.errors import DatasetError
+from tlcore.model import ModelConfig, summarize
+from tlcore.training import JobState, TrainConfig, train
+
+ROOT = Path(__file__).resolve().parents[1]
+PAGES = ["data", "model", "train", "evaluate", "predict", "runs"]
+TIMEOUT = 120
+
+
+@pytest.fixture
+def dirs(tmp_path, monkeypatch):
+    """Separate work and runs folders for one test, as the server's environment sets them."""
+    monkeypatch.setenv("TLCORE_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("TLCORE_RUNS", str(tmp_path / "runs"))
+    monkeypatch.setenv("STREAMLIT_CLIENT_SHOW_ERROR_DETAILS", "full")
+    return SimpleNamespace(home=tmp_path / "home", runs=tmp_path / "runs")
+
+
+def app(page: str | None = None, **state) -> AppTest:
+    """The app opened on `page`, with Session State preset."""
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=TIMEOUT)
+    for key, value in state.items():
+        at.session_state[key] = value
+    at.run()
+    if page:
+        at.switch_page(f"pages/{page}.py").run()
+    assert not at.exception, at.exception
+    return at
+
+
+def texts(elements) -> list[str]:
+    return [str(element.value) for element in elements]
+
+
+def metrics(at: AppTest) -> dict[str, str]:
+    return {metric.label: metric.value for metric in at.metric}
+
+
+def small_zip(source: Path, per_class: int) -> bytes:
+    """A zip of the first `per_class` images of each class folder of `source`."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for folder in sorted(p for p in source.iterdir() if p.is_dir()):
+            for image in sorted(folder.iterdir())[:per_class]:
+                archive.write(image, f"{folder.name}/{image.name}")
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory, keras_home, horses_or_humans):
+    """A real run trained for 2 epochs on a small part of horses-or-humans."""
+    root = tmp_path_factory.mktemp("trained")
+    data = root / "data.zip"
+    data.write_bytes(small_zip(horses_or_humans, 12))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("KERAS_HOME", str(keras_home))
+        job = train(
+            data,
+            ModelConfig(input_size=96),
+            TrainConfig(epochs=2, batch_size=8),
+            runs_dir=root / "runs",
+            work_dir=root / "home",
+        )
+    assert job.snapshot().status == runs.FINISHED, job.snapshot().message
+    return job.run_dir
+
+
+# Navigation ---------------------------------------------------------------------------------
+
+
+def test_navigation_lists_the_pages_in_order():
+    tree = ast.parse((ROOT / "app.py").read_text())
+    pages = [
+        call
+        for call in ast.walk(tree)
+        if isinstance(call, ast.Call) and getattr(call.func, "attr", None) == "Page"
+    ]
+    titles = [next(k.value.value for k in call.keywords if k.arg == "title") for call in pages]
+    assert titles == ["Data", "Model", "Train", "Evaluate", "Predict", "Runs"]
+    assert [call.args[0].value for call in pages] == [f"pages/{name}.py" for name in PAGES]
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_every_page_opens_without_a_dataset_or_runs(dirs, page):
+    at = app(page)
+    assert at.title[0].value == page.capitalize()
+    assert any("None chosen yet" in text for text in texts(at.sidebar.caption))
+
+
+# Data ---------------------------------------------------------------------------------------
+
+
+def test_data_page_defaults(dirs):
+    at = app()
+    assert at.file_uploader[0].label == "Upload a zip of your images"
+    assert at.file_uploader[0].allowed_type == [".zip"]
+    assert at.selectbox[0].value == "shapes"
+    assert at.button[0].label == "Use this sample"
+    assert any("No dataset chosen yet" in text for text in texts(at.info))
+
+
+def test_data_page_uses_the_shapes_sample_and_shows_its_health(dirs):
+    at = app()
+    at.button[0].click().run()
+    assert not at.exception and not at.error
+    assert metrics(at)["Classes"] == "4"
+    assert metrics(at)["Train images"] == "384"
+    assert at.success, "a clean dataset says so"
+    assert at.get("plotly_chart"), "counts chart"
+    assert len(at.get("imgs")) >= 4 or len(at.get("image")) >= 4
+    assert "Shapes (sample)" in " ".join(texts(at.sidebar.markdown))
+
+
+def test_data_page_reads_an_uploaded_zip_of_a_real_dataset(dirs, horses_or_humans):
+    at = app()
+    at.file_uploader[0].set_value(("hoh.zip", small_zip(horses_or_humans, 6), "application/zip")).run()
+    assert not at.exception and not at.error, texts(at.error)
+    assert metrics(at)["Classes"] == "2"
+    assert metrics(at)["Images"] == "12"
+    sidebar = " ".join(texts(at.sidebar.markdown))
+    assert "hoh.zip" in sidebar and "horses" in sidebar
+    # The choice stays when another page is opened.
+    at.switch_page("pages/model.py").run()
+    assert "hoh.zip" in " ".join(texts(at.sidebar.markdown))
+
+
+def test_data_page_shows_a_bad_zip_as_a_message(dirs):
+    at = app()
+    at.file_uploader[0].set_value(("broken.zip", b"this is not a zip", "application/zip")).run()
+    assert not at.exception
+    assert at.error and "zip" in at.error[0].value.lower()
+
+
+def test_data_page_reports_skipped_files(dirs, horses_or_humans):
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for folder in ("horses", "humans"):
+            for image in sorted((horses_or_humans / folder).iterdir())[:4]:
+                archive.write(image, f"{folder}/{image.name}")
+        archive.writestr("humans/notes.txt", "not an image")
+        archive.writestr("horses/broken.png", b"\x89PNG not really")
+    at = app()
+    at.file_uploader[0].set_value(("mixed.zip", buffer.getvalue(), "application/zip")).run()
+    assert not at.exception and not at.error
+    labels = [expander.label for expander in at.expander]
+    assert any("left out" in label for label in labels), labels
+
+
+def test_data_page_shows_an_unavailable_sample_as_a_message(dirs, monkeypatch):
+    import tlcore.samples
+
+    def offline(name, work_dir=None):
+        raise DatasetError("The sample could not be downloaded: there is no internet connection.")
+
+    monkeypatch.setattr(tlcore.samples, "prepare_sample", offline)
+    at = app()
+    at.selectbox[0].set_value("cats_and_dogs")
+    at.button[0].click().run()
+    assert not at.exception
+    assert "no internet" in at.error[0].value
+
+
+# Model --------------------------------------------------------------------------------------
+
+
+def summary_metrics(config: ModelConfig, classes: int = 2) -> dict[str, str]:
+    summary = summarize(config, classes)
+    return {
+        "Cut layer output": " x ".join(str(v) for v in summary.cut_output_shape),
+        "Features into the head": f"{summary.feature_count:,}",
+        "Head parameters": f"{summary.head_params:,}",
+        "Total parameters": f"{summary.total_params:,}",
+        "Trainable": f"{summary.trainable_params:,}",
+        "Non-trainable": f"{summary.non_trainable_params:,}",
+    }
+
+
+def test_model_page_defaults_match_the_library(dirs):
+    at = app("model")
+    assert at.selectbox(key="keep.backbone").value == "mobilenet_v2"
+    assert at.number_input(key="keep.input_size").value == 224
+    assert at.select_slider(key="keep.alpha").value == 0.35
+    assert at.selectbox(key="keep.cut_layer").value == "out_relu"
+    assert at.radio(key="keep.weights").value == "imagenet"
+    assert at.radio(key="keep.pooling").value == "avg"
+    assert at.text_input(key="keep.dense").value == "128"
+    assert at.slider(key="keep.dropout").value == pytest.approx(0.2)
+    shown = metrics(at)
+    for label, value in summary_metrics(ModelConfig()).items():
+        assert shown[label] == value, label
+    assert all(widget.help for widget in (at.selectbox(key="keep.backbone"), at.slider(key="keep.dropout")))
+
+
+def test_model_page_summary_follows_cut_head_and_dataset(dirs):
+    at = app("model")
+    at.selectbox(key="keep.cut_layer").set_value("block_12_add").run()
+    at.radio(key="keep.pooling").set_value("flatten")
+    at.text_input(key="keep.dense").set_value("2048, 64")
+    at.slider(key="keep.dropout").set_value(0.5).run()
+    assert not at.exception and not at.error
+    config = ModelConfig(cut_layer="block_12_add", pooling="flatten", dense_units=(2048, 64), dropout=0.5)
+    shown = metrics(at)
+    for label, value in summary_metrics(config).items():
+        assert shown[label] == value, label
+    assert any("parameters" in text for text in texts(at.warning)), "a huge head is flagged"
+    assert at.session_state["model_config"] == config.resolved()
+    # The settings stay when the user goes elsewhere and comes back.
+    at.switch_page("pages/train.py").run()
+    at.switch_page("pages/model.py").run()
+    assert at.selectbox(key="keep.cut_layer").value == "block_12_add"
+    assert at.slider(key="keep.dropout").value == pytest.approx(0.5)
+
+
+def test_model_page_switching_backbone_resets_its_choices(dirs):
+    at = app("model")
+    at.selectbox(key="keep.backbone").set_value("inception_v3").run()
+    assert not at.exception and not at.error
+    assert at.number_input(key="keep.input_size").value == 150
+    assert at.selectbox(key="keep.cut_layer").value == "mixed7"
+    assert "mixed5" in at.selectbox(key="keep.cut_layer").options[5]
+    shown = metrics(at)
+    for label, value in summary_metrics(ModelConfig(backbone="inception_v3")).items():
+        assert shown[label] == value, label
+
+
+def test_model_page_layer_browser_searches_and_filters(dirs):
+    at = app("model")
+    table = at.dataframe[0].value
+    assert len(table) == 154 and {"name", "type", "output_shape", "params", "suggested_cut"} <= set(table.columns)
+    at.text_input[0].set_value("block_13").run()
+    names = at.dataframe[0].value["name"].tolist()
+    assert names and all("block_13" in name for name in names)
+    at.text_input[0].set_value("").run()
+    at.checkbox[0].check().run()
+    assert at.dataframe[0].value["suggested_cut"].all()
+
+
+def test_model_page_shows_bad_input_as_messages(dirs):
+    at = app("model")
+    at.text_input(key="keep.dense").set_value("lots").run()
+    assert not at.exception
+    assert "not a list of whole numbers" in at.error[0].value
+    at.text_input(key="keep.dense").set_value("128")
+    at.radio(key="keep.weights").set_value("none").run()
+    assert any("not** transfer learning" in text for text in texts(at.warning))
+
+
+def test_model_page_uses_an_uploaded_weights_file(dirs):
+    at = app("model")
+    at.radio(key="keep.weights").set_value("file").run()
+    at.file_uploader[0].set_value(("weights.h5", b"not weights", "application/octet-stream")).run()
+    assert not at.exception
+    assert at.session_state["model_config"].weights.endswith("weights.h5")
+    assert Path(at.session_state["model_config"].weights).read_bytes() == b"not weights"
+
+
+# Train --------------------------------------------------------------------------------------
+
+
+class FakeJob:
+    def __init__(self, run_dir: Path, **state):
+        self.run_dir = run_dir
+        self.state = JobState(**state)
+
+    def snapshot(self):
+        return self.state
+
+
+class FakeManager:
+    def __init__(self, job=None, position=0):
+        self.job, self.place, self.stopped, self.submitted = job, position, [], []
+
+    def get(self, job_id):
+        return self.job if self.job and job_id == self.job.run_dir.name else None
+
+    def active(self):
+        return self.job if self.job and self.job.state.status == runs.RUNNING else None
+
+    def position(self, job_id):
+        return self.place
+
+    def stop(self, job_id):
+        self.stopped.append(job_id)
+
+    def submit(self, data, model_config=None, train_config=None, runs_dir=None, work_dir=None):
+        self.submitted.append((data, model_config, train_config))
+        self.job = FakeJob(Path(runs_dir) / "20260101-000000-fake", status=runs.QUEUED, epochs=train_config.epochs)
+        return self.job
+
+
+@pytest.fixture
+def fake_manager(monkeypatch):
+    fake = FakeManager()
+    monkeypatch.setattr(tlcore.jobs, "manager", lambda: fake)
+    return fake
+
+
+def with_sample(page: str) -> AppTest:
+    at = app()
+    at.button[0].click().run()
+    at.switch_page(f"pages/{page}.py").run()
+    assert not at.exception
+    return at
+
+
+def test_train_page_asks_for_a_dataset_first(dirs):
+    at = app("train")
+    assert "Choose a dataset first" in at.info[0].value
+    assert not at.button
+
+
+def test_train_page_defaults_match_the_library(dirs, fake_manager):
+    at = with_sample("train")
+    defaults = TrainConfig()
+    assert at.number_input(key="keep.epochs").value == defaults.epochs
+    assert at.selectbox(key="keep.batch_size").value == defaults.batch_size
+    assert at.selectbox(key="keep.optimizer").value == defaults.optimizer
+    assert at.select_slider(key="keep.learning_rate").value == defaults.learning_rate
+    assert at.checkbox(key="keep.augment").value is False
+    assert at.checkbox(key="keep.early_stopping").value is False
+    assert at.button[0].label == "Start training"
+    at.checkbox(key="keep.augment").check().run()
+    assert any("costs time" in text for text in texts(at.caption))
+
+
+def test_train_page_submits_the_chosen_settings(dirs, fake_manager):
+    at = with_sample("train")
+    at.number_input(key="keep.epochs").set_value(3)
+    at.selectbox(key="keep.optimizer").set_value("rmsprop")
+    at.button[0].click().run()
+    assert not at.exception
+    data, model_config, train_config = fake_manager.submitted[0]
+    assert Path(data).name == "shapes" or "shapes" in str(data)
+    assert model_config == ModelConfig().resolved()
+    assert (train_config.epochs, train_config.optimizer) == (3, "rmsprop")
+    assert at.session_state["job_id"] == "20260101-000000-fake"
+    assert "waiting in line" in at.info[0].value
+
+
+def test_train_page_shows_a_refused_start_as_a_message(dirs, fake_manager):
+    def refuse(*args, **kwargs):
+        raise DatasetError("The dataset folder `gone` does not exist.")
+
+    fake_manager.submit = refuse
+    at = with_sample("train")
+    at.button[0].click().run()
+    assert not at.exception
+    assert "does not exist" in at.error[0].value
+
+
+def test_train_page_follows_a_running_job_and_stops_it(dirs, fake_manager, tmp_path):
+    history = {"loss": [0.6, 0.4], "accuracy": [0.7, 0.8], "val_loss": [0.5, 0.45], "val_accuracy": [0.75, 0.8]}
+    fake_manager.job = FakeJob(
+        tmp_path / "run-1", status=runs.RUNNING, phase="training", epoch=2, epochs=5, step=3, steps=10,
+        eta_seconds=4.0, history=history,
+    )
+    at = with_sample("train")
+    # A new session (a browser reload) re-attaches to the running job.
+    assert at.session_state["job_id"] == "run-1"
+    assert at.button[0].disabled, "Start is off while training"
+    assert any("Epoch 3 of 5" in text and "training" in text for text in texts(at.markdown))
+    assert at.get("progress")
+    charts = at.get("plotly_chart")
+    assert len(charts) == 2
+    figure = json.loads(charts[0].proto.spec)
+    assert [len(trace["x"]) for trace in figure["data"]] == [2, 2]
+    at.button(key="stop").click().run()
+    assert fake_manager.stopped == ["run-1"]
+    assert "Epoch 3 of 5" in " ".join(texts(at.sidebar.caption)) or at.sidebar.caption
+
+
+def test_train_page_shows_the_result_of_a_real_training(dirs, keras_home, monkeypatch, horses_or_humans):
+    monkeypatch.setenv("KERAS_HOME", str(keras_home))
+    at = app(**{"keep.input_size": 96})
+    at.file_uploader[0].set_value(("hoh.zip", small_zip(horses_or_humans, 10), "application/zip")).run()
+    at.switch_page("pages/model.py").run()
+    assert at.number_input(key="keep.input_size").value == 96
+    at.switch_page("pages/train.py").run()
+    at.number_input(key="keep.epochs").set_value(2)
+    at.selectbox(key="keep.batch_size").set_value(8)
+    at.button[0].click().run()
+    assert not at.exception and not at.error, texts(at.error)
+    assert tlcore.jobs.manager().wait_idle(TIMEOUT)
+    at.run()
+    assert not at.exception
+    assert "Training finished" in at.success[0].value, texts(at.error)
+    assert metrics(at)["Epochs"] == "2"
+    assert {button.label for button in at.get("download_button")} >= {"Download model (.keras)"}
+    assert Path(at.session_state["current_run"]).name == at.session_state["job_id"]
+
+
+# Evaluate, Predict, Runs --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("page", ["evaluate", "predict"])
+def test_pages_needing_a_model_say_so(dirs, page):
+    at = app(page)
+    assert "no trained model yet" in at.info[0].value
+
+
+def test_evaluate_page_scores_a_run(dirs, trained_run, monkeypatch):
+    monkeypatch.setenv("TLCORE_RUNS", str(trained_run.parent))
+    at = app("evaluate")
+    assert not at.error, texts(at.error)
+    assert at.selectbox[0].value.path == trained_run
+    assert metrics(at)["Images"] == "4"
+    assert at.get("plotly_chart"), "confusion matrix"
+    frame = at.dataframe[0].value
+    assert list(frame.columns) == ["class", "precision", "recall", "f1", "support"]
+    assert frame["class"].tolist() == ["horses", "humans"]
+
+
+def test_evaluate_page_shows_a_broken_run_as_a_message(dirs, trained_run, tmp_path, monkeypatch):
+    import shutil
+
+    broken = tmp_path / "runs" / "broken-run"
+    shutil.copytree(trained_run, broken)
+    (broken / "model.keras").write_bytes(b"garbage")
+    monkeypatch.setenv("TLCORE_RUNS", str(broken.parent))
+    at = app("evaluate")
+    assert not at.exception
+    assert "could not be loaded" in at.error[0].value
+
+
+def png_bytes(color=(200, 120, 40), size=(300, 200)) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", size, color).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def test_predict_page_classifies_uploads_and_reports_bad_ones(dirs, trained_run, monkeypatch, horses_or_humans):
+    monkeypatch.setenv("TLCORE_RUNS", str(trained_run.parent))
+    at = app("predict")
+    horse = sorted((horses_or_humans / "horses").iterdir())[-1]
+    at.file_uploader[0].set_value(
+        [("horse.png", horse.read_bytes(), "image/png"), ("flat.png", png_bytes(), "image/png"),
+         ("broken.jpg", b"not an image", "image/jpeg")]
+    ).run()
+    assert not at.exception
+    assert len(at.get("plotly_chart")) == 2
+    figure = json.loads(at.get("plotly_chart")[0].proto.spec)
+    assert sorted(figure["data"][0]["y"]) == ["horses", "humans"]
+    assert len(at.error) == 1 and "broken.jpg" in at.error[0].value
+
+
+def test_runs_page_lists_compares_and_deletes(dirs, trained_run, tmp_path, monkeypatch):
+    import shutil
+
+    folder = tmp_path / "many"
+    shutil.copytree(trained_run, folder / trained_run.name)
+    shutil.copytree(trained_run, folder / "20000101-000000-copy")
+    (folder / "not-a-run").mkdir()
+    (folder / "corrupt").mkdir()
+    (folder / "corrupt" / "config.json").write_text("{ not json")
+    monkeypatch.setenv("TLCORE_RUNS", str(folder))
+    at = app("runs")
+    table = at.dataframe[0].value
+    assert len(table) == 2
+    assert set(table["status"]) == {"finished"}
+    assert table["best_val_accuracy"].notna().all()
+    at.session_state["runs_table"] = {"selection": {"rows": [0, 1], "columns": [], "cells": []}}
+    at.run()
+    assert not at.exception
+    figure = json.loads(at.get("plotly_chart")[0].proto.spec)
+    assert len(figure["data"]) == 4, "train and validation of each run"
+    at.session_state["runs_table"] = {"selection": {"rows": [1], "columns": [], "cells": []}}
+    at.run()
+    at.button(key=None)
+    labels = [button.label for button in at.button]
+    assert "Use as current model" in labels
+    next(b for b in at.button if b.label == "Use as current model").click().run()
+    assert at.session_state["current_run"] == str(folder / "20000101-000000-copy")
+    next(b for b in at.button if b.label == "Yes, delete").click().run()
+    assert not at.exception
+    assert not (folder / "20000101-000000-copy").exists()
+    assert "current_run" not in at.session_state
+    assert len(at.dataframe[0].value) == 1
