@@ -225,7 +225,9 @@ def test_unusual_images_in_a_zip_are_converted_in_place(tmp_path, work, pets, fl
     files = _unusual_dataset(pets, flowers)
     upload = make_zip(tmp_path / "pets.zip", files)
     data = load_dataset(upload, work_dir=work)
-    assert len(data.converted) == 5
+    assert sorted(path.name for path, _ in data.converted) == [
+        "cmyk.jpg.png", "grey16.png", "lossless.webp.png", "photo.tif.png", "rotated.jpg.png"
+    ]
     assert all(path.is_relative_to(data.root) for path, _ in data.train + data.validation)
     assert not list(data.root.rglob("*.tif")) and not list(data.root.rglob("*.webp"))
     originals = write_files(tmp_path / "originals", files)
@@ -281,7 +283,7 @@ def test_not_a_zip(tmp_path, work):
 
 def test_empty_zip(tmp_path, work):
     message = _error(make_zip(tmp_path / "empty.zip", {}), work)
-    assert "is empty" in message and GOOD_LAYOUT_HINT in message
+    assert "`empty.zip` is empty" in message and GOOD_LAYOUT_HINT in message
 
 
 def test_empty_folder(tmp_path, work):

@@ -72,6 +72,20 @@ def test_sixteen_bit_png_is_scaled_not_clipped(photo):
     np.testing.assert_array_equal(result[..., 0], grey)
 
 
+@pytest.mark.parametrize(
+    "pixels, expected",
+    [
+        (np.array([[0, 257, 65535]], dtype=np.uint16), [0, 1, 255]),
+        (np.array([[0, 25700, 65535]], dtype=np.int32), [0, 100, 255]),
+        (np.array([[0, 7, 200]], dtype=np.int32), [0, 7, 200]),
+        (np.array([[0.0, 0.5, 1.0]], dtype=np.float32), [0, 128, 255]),
+    ],
+    ids=["16-bit", "32-bit-holding-16-bit", "32-bit-holding-8-bit", "float"],
+)
+def test_high_bit_depth_is_scaled_to_the_full_8_bit_range(pixels, expected):
+    assert images.load_array(Image.fromarray(pixels))[0, :, 0].tolist() == expected
+
+
 def test_exif_rotation_is_applied(photo):
     data, stored = rotated_jpeg(photo)
     result = images.load_array(data)

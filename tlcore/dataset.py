@@ -196,7 +196,7 @@ def load_dataset(
         top, converted_dir = unpack_zip(source, work_dir, limits, progress), None
     else:
         raise DatasetError(f"`{source}` does not exist. Choose a dataset folder or a .zip file.")
-    return _Scan(top, converted_dir, progress).build(val_split, seed)
+    return _Scan(top, source.name, converted_dir, progress).build(val_split, seed)
 
 
 def unpack_zip(
@@ -274,8 +274,9 @@ def _junk_reason(name: str, is_dir: bool) -> str | None:
 class _Scan:
     """One reading of a dataset folder: the files found, then the layout, checks and conversions."""
 
-    def __init__(self, top: Path, converted_dir: Path | None, progress: Progress | None):
+    def __init__(self, top: Path, name: str, converted_dir: Path | None, progress: Progress | None):
         self.top = top
+        self.name = name
         self.converted_dir = converted_dir
         self.progress = progress
         self.skipped: list[Skipped] = []
@@ -312,9 +313,9 @@ class _Scan:
 
     def build(self, val_split: float, seed: int) -> Dataset:
         if not self.any_file:
-            raise DatasetError(f"The dataset `{self.top.name}` is empty. {GOOD_LAYOUT}")
+            raise DatasetError(f"The dataset `{self.name}` is empty. {GOOD_LAYOUT}")
         if not self.candidates:
-            raise DatasetError(f"The dataset `{self.top.name}` holds no images (JPEG, PNG, ...). {GOOD_LAYOUT}")
+            raise DatasetError(f"The dataset `{self.name}` holds no images (JPEG, PNG, ...). {GOOD_LAYOUT}")
         prefix = self._unwrap()
         splits = self._split_folders(prefix)
         by_split = {split: self._class_files(prefixes) for split, prefixes in splits.items()}
@@ -410,10 +411,10 @@ class _Scan:
                 files[name] += found
         if not files:
             raise DatasetError(
-                f"The images in `{'/'.join(prefixes[0]) or self.top.name}` are not inside class folders. {GOOD_LAYOUT}"
+                f"The images in `{'/'.join(prefixes[0]) or self.name}` are not inside class folders. {GOOD_LAYOUT}"
             )
         if nested_only:
-            where = "/".join(prefixes[0]) or self.top.name
+            where = "/".join(prefixes[0]) or self.name
             raise DatasetError(
                 f"The class folders in `{where}` hold no images themselves, only more folders: the images "
                 f"are nested too deep. {GOOD_LAYOUT}"
@@ -455,9 +456,11 @@ class _Scan:
         source = self.top.joinpath(*parts)
         if self.converted_dir is None:
             # An unpacked zip is our own copy, so the converted image replaces the original in place.
-            target = source if source.suffix.lower() == ".png" else source.with_suffix(".png")
+            # `photo.tif` becomes `photo.tif.png`: a name only that file can claim, which stays safe
+            # while other threads convert `photo.webp` next to it.
+            target = source if source.suffix.lower() == ".png" else source.with_name(source.name + ".png")
             if target != source and target.exists():
-                target = source.with_name(source.name + ".png")
+                target = source.with_name(source.name + ".converted.png")
         else:
             info = source.stat()
             key = f"{source.resolve()}|{info.st_size}|{info.st_mtime_ns}".encode()
@@ -499,7 +502,7 @@ class _Scan:
                         )
         if len(classes) < 2:
             if not classes:
-                raise DatasetError(f"The dataset `{self.top.name}` holds no readable images. {GOOD_LAYOUT}")
+                raise DatasetError(f"The dataset `{self.name}` holds no readable images. {GOOD_LAYOUT}")
             raise DatasetError(
                 f"The dataset has only one class (`{classes[0]}`), but a classifier needs at least two. "
                 f"{GOOD_LAYOUT}"

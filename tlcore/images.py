@@ -88,18 +88,27 @@ def _open(source: ImageSource) -> Image.Image:
 def _to_rgb(image: Image.Image) -> Image.Image:
     if image.mode == "RGB":
         return image
-    if image.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
+    if image.mode.startswith("I;16"):
+        levels = np.rint(np.asarray(image, dtype=np.float64) / 257.0).astype(np.uint8)
+        return Image.fromarray(levels).convert("RGB")
+    if image.mode in ("I", "F"):
         return Image.fromarray(_scale_to_8bit(np.asarray(image))).convert("RGB")
     # Alpha is dropped rather than composited so the pixels match TensorFlow's `channels=3` decode.
     return image.convert("RGB")
 
 
 def _scale_to_8bit(values: np.ndarray) -> np.ndarray:
-    """Maps a high bit-depth greyscale array to 0-255, scaling rather than clipping."""
+    """Maps a 32-bit integer or float greyscale array to 0-255, scaling rather than clipping.
+
+    These modes do not say which range they use, so it is read from the values.
+    """
+    is_float = values.dtype.kind == "f"
     values = values.astype(np.float64)
     low, high = float(values.min(initial=0.0)), float(values.max(initial=0.0))
-    if low >= 0 and high <= 255:
-        # 32-bit integer images that only hold 8-bit values would turn black if rescaled.
+    if is_float and low >= 0 and high <= 1:
+        scaled = values * 255.0
+    elif low >= 0 and high <= 255:
+        # Images that only hold 8-bit values would turn black if rescaled.
         scaled = values
     elif low >= 0 and high <= 65535:
         scaled = values / 257.0
@@ -145,7 +154,13 @@ def load_rgb(source: ImageSource) -> Image.Image:
         FileNotFoundError: the path does not exist.
     """
     try:
-        return _decode(_open(source))
+        image = _open(source)
+        try:
+            return _decode(image)
+        finally:
+            # `_decode` returns a new image, so a file we opened can be closed (animations keep it open).
+            if image is not source:
+                image.close()
     except _Unreadable as problem:
         raise ImageError(f"{_source_name(source)} {_SENTENCES[problem.reason]}.") from None
 
