@@ -108,22 +108,15 @@ def file_hashes(folder: Path) -> dict[str, str]:
 
 
 def tensorflow_pixels(path: Path) -> np.ndarray:
-    """The pixels the training pipeline sees: `tf.io.decode_image` with three channels."""
-    import tensorflow as tf
+    """The pixels the training pipeline sees."""
+    from tlcore.images import decode_tensor
 
-    decoded = tf.io.decode_image(tf.io.read_file(str(path)), channels=3, expand_animations=False)
-    return decoded.numpy()
-
-
-# TensorFlow decodes JPEG with the fast integer DCT and Pillow with the accurate one: about one
-# grey level apart on average. PNG, BMP and GIF must agree exactly.
-JPEG_TOLERANCE = 1.5
+    return decode_tensor(str(path)).numpy()
 
 
 def assert_same_pixels(path: Path, expected: np.ndarray) -> None:
-    """Asserts TensorFlow reads `path` as `expected`, up to JPEG decoder rounding."""
+    """Asserts TensorFlow reads `path` exactly as `expected`."""
     actual = tensorflow_pixels(path)
     assert actual.shape == expected.shape, f"{path.name}: {actual.shape} != {expected.shape}"
     difference = np.abs(actual.astype(np.int16) - expected.astype(np.int16)).mean()
-    is_jpeg = path.read_bytes()[:2] == b"\xff\xd8"
-    assert difference <= (JPEG_TOLERANCE if is_jpeg else 0.0), f"{path.name}: mean difference {difference}"
+    assert difference == 0, f"{path.name}: mean difference {difference}"

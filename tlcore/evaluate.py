@@ -13,7 +13,7 @@ from sklearn import metrics
 
 from tlcore.dataset import Dataset
 from tlcore.errors import DatasetError, ImageError, RunError
-from tlcore.images import load_array, needs_conversion
+from tlcore.images import decode_file, load_array, needs_conversion
 from tlcore.predict import Predictor, get_predictor
 from tlcore.runs import SPLIT_FILE, read_json
 
@@ -89,19 +89,6 @@ class Evaluation:
         }
 
 
-def decode_resized(path, input_size: tuple[int, int]):
-    """Reads an image file in a `tf.data` pipeline as raw RGB float32 at `input_size`.
-
-    The resize is the model's own (bilinear, no antialiasing), so its Resizing layer then
-    leaves the image unchanged.
-    """
-    import tensorflow as tf
-
-    image = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
-    image.set_shape([None, None, 3])
-    return tf.image.resize(tf.cast(image, tf.float32), input_size, method="bilinear", antialias=False)
-
-
 def _names(paths: Sequence[str]) -> str:
     names = ", ".join(f"`{Path(p).name}`" for p in paths[:LISTED_NAMES])
     more = len(paths) - LISTED_NAMES
@@ -165,7 +152,7 @@ def _stream_probabilities(
     import tensorflow as tf
 
     def load(index, path):
-        return decode_resized(path, predictor.input_size), index
+        return decode_file(path, predictor.input_size), index
 
     data = (
         tf.data.Dataset.from_tensor_slices(

@@ -287,3 +287,37 @@ def normalise_image(path: str | Path, out_path: str | Path) -> Path:
     out_path = Path(out_path)
     load_rgb(path).save(out_path, format="PNG")
     return out_path
+
+
+
+def decode_tensor(path):
+    """Reads an image file inside a TensorFlow graph as uint8 RGB, pixel for pixel as `load_array`.
+
+    JPEGs are decoded with the accurate DCT, as Pillow decodes them; other formats with
+    `tf.io.decode_image`. Files for which the two would differ are converted when the dataset
+    is loaded (`needs_conversion`), so training, evaluation and prediction see the same pixels.
+    """
+    import tensorflow as tf
+
+    contents = tf.io.read_file(path)
+    image = tf.cond(
+        tf.io.is_jpeg(contents),
+        lambda: tf.io.decode_jpeg(contents, channels=3, dct_method="INTEGER_ACCURATE"),
+        lambda: tf.io.decode_image(contents, channels=3, expand_animations=False),
+    )
+    image.set_shape([None, None, 3])
+    return image
+
+
+def decode_file(path, input_size: tuple[int, int] | int):
+    """`decode_tensor`, then resized to `input_size` as raw RGB float32.
+
+    The resize is the model's own (bilinear, no antialiasing), so its Resizing layer then
+    leaves the image unchanged.
+    """
+    import tensorflow as tf
+
+    if isinstance(input_size, int):
+        input_size = (input_size, input_size)
+    image = tf.cast(decode_tensor(path), tf.float32)
+    return tf.image.resize(image, input_size, method="bilinear", antialias=False)

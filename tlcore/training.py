@@ -15,6 +15,7 @@ import numpy as np
 from tlcore import runs
 from tlcore.errors import ModelConfigError, TransferLabError
 from tlcore.features import FeatureCache, feature_key
+from tlcore.images import decode_file
 from tlcore.model import ModelConfig, assemble, build_body, build_head, check_num_classes
 
 OPTIMIZERS = ("rmsprop", "adam", "sgd")
@@ -125,13 +126,7 @@ def image_dataset(items, input_size: int, batch_size: int, *, shuffle_seed: int 
     if shuffle_seed is not None:
         data = data.shuffle(len(paths), seed=shuffle_seed, reshuffle_each_iteration=True)
 
-    def load(path, label):
-        image = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
-        image.set_shape([None, None, 3])
-        image = tf.image.resize(tf.cast(image, tf.float32), (input_size, input_size))
-        return image, label
-
-    data = data.map(load, num_parallel_calls=tf.data.AUTOTUNE).batch(batch_size)
+    data = data.map(lambda path, label: (decode_file(path, input_size), label), num_parallel_calls=tf.data.AUTOTUNE).batch(batch_size)
     if augment is not None:
         data = data.map(lambda x, y: (augment(x, training=True), y), num_parallel_calls=tf.data.AUTOTUNE)
     return data.prefetch(tf.data.AUTOTUNE)
