@@ -83,8 +83,8 @@ def test_fast_path_predicts_like_end_to_end_training(small_dataset, real_weights
     fast = runs.load_model(job.run_dir)
 
     # The classic way: the whole model, frozen backbone inside, fitted on images, same batches.
-    keras.utils.set_random_seed(settings.seed)
     body = build_body(config)
+    keras.utils.set_random_seed(settings.seed)
     head = build_head(body.output.shape[1:], 2, config)
     classic = assemble(body, head, config)
     compile_for(classic, 2, settings.resolved())
@@ -191,3 +191,30 @@ def test_train_function_with_a_single_class_fails_plainly(tmp_path, horses_or_hu
     data = Dataset(root=root, classes=("horses",), train=(), validation=())
     job = train(data, SMALL, TrainConfig(epochs=1), runs_dir=tmp_path / "runs", work_dir=tmp_path / "work")
     assert job.status == runs.FAILED and "at least 2 classes" in job.snapshot().message
+
+
+def test_same_seed_same_history(small_dataset, real_weights, tmp_path):
+    settings = TrainConfig(epochs=3, seed=7)
+    first = run_job(tmp_path, small_dataset, train_config=settings).snapshot().history
+    second = run_job(tmp_path, small_dataset, train_config=settings).snapshot().history
+    assert first["loss"] == second["loss"] and first["val_accuracy"] == second["val_accuracy"]
+    other = run_job(tmp_path, small_dataset, train_config=TrainConfig(epochs=3, seed=8)).snapshot().history
+    assert other["loss"] != first["loss"]
+
+
+def test_early_stopping_ends_early_and_restores_the_best_epoch(small_dataset, real_weights, tmp_path):
+    # Validation labels flipped: the better the model fits, the worse validation loss gets.
+    flipped = tuple((path, 1 - label) for path, label in small_dataset.validation)
+    data = Dataset(root=small_dataset.root, classes=small_dataset.classes, train=small_dataset.train, validation=flipped)
+    settings = TrainConfig(epochs=40, early_stopping=True, patience=2)
+    job = run_job(tmp_path, data, train_config=settings)
+    history = job.snapshot().history
+    assert job.status == runs.FINISHED
+    assert len(history["val_loss"]) < 40
+    best = int(np.argmin(history["val_loss"]))
+    assert best == len(history["val_loss"]) - 1 - settings.patience
+    model = runs.load_model(job.run_dir)
+    model.compile(loss="binary_crossentropy", metrics=["accuracy"])
+    images = np.concatenate([x for x, _ in image_dataset(flipped, 96, 64)])
+    loss, _ = model.evaluate(images, np.asarray([y for _, y in flipped]), verbose=0)
+    assert loss == pytest.approx(history["val_loss"][best], rel=0.02, abs=1e-3)
