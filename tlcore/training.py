@@ -347,7 +347,6 @@ class TrainingJob:
             raise _Stopped()
 
     def _work(self) -> None:
-        keras.utils.set_random_seed(self.train_config.seed)
         with self._phase(PHASE_LOADING):
             dataset = self._load_dataset()
         classes = dataset.classes
@@ -374,6 +373,9 @@ class TrainingJob:
         self._check_stop()
         body = build_body(self.model_config)
         self._check_stop()
+        # Seeded here, after everything that may draw random numbers (the first build of an
+        # architecture, loading weights), so the same seed always gives the same head.
+        keras.utils.set_random_seed(self.train_config.seed)
         if self.train_config.augment:
             model = self._train_end_to_end(body, dataset, num_classes)
         else:
