@@ -16,9 +16,30 @@ MODEL_CONFIG = "model_config"  # the ModelConfig chosen on the Model page
 JOB_ID = "job_id"  # the training this session started or re-attached to
 CURRENT_RUN = "current_run"  # run folder used by Evaluate and Predict
 
+
+
+def _keep_keras_between_reruns() -> None:
+    """Stops Streamlit from resetting Keras after every script run.
+
+    Streamlit calls `keras.backend.clear_session()` when a script run ends, to free models a
+    script built. Here models live on purpose between runs (training in a background thread,
+    loaded predictors), and the page reruns every second while training: each reset clears
+    TensorFlow's kernel cache and collects garbage under the training's feet, which made a
+    training ten times slower. Matplotlib, the other module Streamlit tidies, is not used.
+    """
+    from streamlit.runtime.scriptrunner import script_runner
+
+    if hasattr(script_runner, "_clean_problem_modules"):
+        script_runner._clean_problem_modules = lambda: None
+
+
+_keep_keras_between_reruns()
+
 # Widget keys with this prefix keep their value when the user opens another page and comes back.
 KEEP = "keep."
 POLL_SECONDS = 1.0
+# TrainConfig fields shown as widgets on the Train page, each under the key KEEP + name.
+TRAIN_SETTINGS = ("epochs", "batch_size", "optimizer", "learning_rate", "augment", "early_stopping", "patience", "val_split", "seed")
 
 
 def page_setup() -> None:
@@ -27,6 +48,7 @@ def page_setup() -> None:
     # into Session State is the documented way to keep it across pages.
     for key in [k for k in st.session_state if isinstance(k, str) and k.startswith(KEEP)]:
         st.session_state[key] = st.session_state[key]
+    current_job()  # after a reload, re-attaches to the training going on before drawing anything
     with st.sidebar:
         sidebar()
 
@@ -50,7 +72,7 @@ def runs_dir() -> Path:
 
 def save_upload(uploaded, folder: str) -> Path:
     """Keeps an uploaded file on disk (once per upload) and returns its path."""
-    target = work_dir() / "uploads" / folder / f"{uploaded.file_id}-{Path(uploaded.name).name}"
+    target = work_dir() / "uploads" / folder / uploaded.file_id / Path(uploaded.name).name
     if not target.is_file():
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_bytes(uploaded.getbuffer())
@@ -159,7 +181,32 @@ def current_job():
         job = jobs.active() or _newest_unfinished(jobs)
         if job is not None:
             st.session_state[JOB_ID] = job.run_dir.name
+            # Pick up the dataset and model the training uses, so the pages agree with it.
+            if DATA_SOURCE not in st.session_state and isinstance(job.data, (str, Path)):
+                choose_dataset(job.data, Path(job.data).name)
+            if MODEL_CONFIG not in st.session_state:
+                show_settings(job.model_config, job.train_config)
     return job
+
+
+def show_settings(model_config, train_config) -> None:
+    """Sets the Model and Train pages' widgets to a training's settings."""
+    st.session_state[MODEL_CONFIG] = model_config
+    weights = model_config.weights if model_config.weights in ("imagenet", "none") else "file"
+    values = {
+        "backbone": model_config.backbone,
+        "input_size": model_config.input_size,
+        "cut_layer": model_config.cut_layer,
+        "pooling": model_config.pooling,
+        "dense": ", ".join(str(units) for units in model_config.dense_units),
+        "dropout": model_config.dropout,
+        "weights": weights,
+        **{name: getattr(train_config, name) for name in TRAIN_SETTINGS},
+    }
+    if model_config.alpha is not None:
+        values["alpha"] = model_config.alpha
+    for name, value in values.items():
+        st.session_state[KEEP + name] = value
 
 
 def _newest_unfinished(jobs):
@@ -180,10 +227,9 @@ def job_line(job, state) -> str:
         ahead = f"{place - 1} training(s) ahead of it" if place else "starting"
         return f"Waiting in line: {ahead}. Only one training runs at a time on this server."
     if state.status == tlruns.RUNNING:
-        text = f"Training: epoch {min(state.epoch + 1, state.epochs)} of {state.epochs}"
-        if state.phase and state.phase != "training":
-            text += f" ({state.phase})"
-        return text + "."
+        if state.phase != "training":
+            return f"Preparing to train: {state.phase or 'starting'}."
+        return f"Training: epoch {min(state.epoch + 1, state.epochs)} of {state.epochs}."
     return {
         tlruns.FINISHED: "Training finished.",
         tlruns.STOPPED: "Training stopped.",
@@ -223,7 +269,7 @@ def sidebar() -> None:
     if job is None or job.snapshot().done:
         _sidebar_job()
     else:
-        st.fragment(_sidebar_job, run_every=POLL_SECONDS * 2)()
+        st.fragment(_sidebar_job, run_every=POLL_SECONDS)()
 
 
 def _sidebar_job() -> None:

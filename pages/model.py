@@ -73,7 +73,7 @@ with right:
     st.markdown(f"**{spec.display_name}**: {spec.description}")
     stats = st.columns(2)
     stats[0].metric("ImageNet accuracy", f"{spec.top1(alpha):.1%}", help="Top-1 accuracy of the full network on ImageNet's 1,000 classes.")
-    stats[1].metric("Size", f"{spec.parameter_count(alpha) / 1e6:.1f} M parameters", help="Parameters of the full network, classifier included.")
+    stats[1].metric("Parameters", f"{spec.parameter_count(alpha) / 1e6:.1f} M", help="Size of the full network, classifier included, in millions of parameters.")
 
 weights_choice = st.radio(
     "Starting weights",
@@ -119,12 +119,16 @@ st.markdown(
     "Early layers see edges and textures, late layers see whole objects. Cutting late usually works best; "
     "cutting earlier keeps more general features, which can help when your images look nothing like photos."
 )
+cuttable = layers[layers["flatten_features"].notna()]
+remembered = st.session_state.get("keep.cut_layer")
+if remembered in set(cuttable["name"]) - set(cuttable[cuttable["suggested_cut"]]["name"]):
+    st.session_state["keep.any_layer"] = True  # a run cut at an unusual layer was opened
 any_layer = st.toggle(
     "Let me cut at any layer",
     key="keep.any_layer",
     help="Off: only the layers where a cut makes sense (block outputs) are offered.",
 )
-choices = layers[layers["flatten_features"].notna() & (any_layer | layers["suggested_cut"])]
+choices = cuttable[any_layer | cuttable["suggested_cut"]]
 shapes = dict(zip(choices["name"], choices["output_shape"]))
 names = list(shapes)
 if st.session_state.get("keep.cut_layer") not in names:
@@ -220,7 +224,9 @@ try:
 except ModelConfigError as error:
     ui.show_error(error)
     st.stop()
-st.session_state[ui.MODEL_CONFIG] = config
+if st.session_state.get(ui.MODEL_CONFIG) != config:
+    st.session_state[ui.MODEL_CONFIG] = config
+    st.rerun()  # so the sidebar, drawn first, shows the new settings
 
 st.subheader("Summary")
 if st.session_state.get(ui.DATA_SOURCE) is None:

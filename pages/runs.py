@@ -5,8 +5,10 @@ import streamlit as st
 import ui
 from tlcore.charts import compare_runs_figure
 from tlcore.errors import TransferLabError
+from tlcore.model import ModelConfig
 from tlcore.predict import forget_predictors
 from tlcore.runs import delete_run, list_runs
+from tlcore.training import TrainConfig
 
 METRICS = {"accuracy": "Accuracy", "loss": "Loss"}
 
@@ -34,7 +36,9 @@ def row(info) -> dict:
 
 def short_name(info) -> str:
     model = info.config.get("model", {})
-    return f"{info.name[9:15]} · {model.get('cut_layer')} · dropout {model.get('dropout', 0):g}"
+    started = info.name[9:15]
+    started = f"{started[:2]}:{started[2:4]}:{started[4:]}" if started.isdigit() else info.name
+    return f"{model.get('cut_layer')} · dropout {model.get('dropout', 0):g} · {started}"
 
 
 ui.page_setup()
@@ -77,12 +81,24 @@ if not selected:
     st.caption("Tick the box at the start of one or more rows.")
     st.stop()
 
-actions = st.columns([1, 1, 3])
+actions = st.columns([2, 2, 2, 3])
 if len(selected) == 1 and selected[0].has_model:
     if actions[0].button("Use as current model", icon=":material/check:"):
         st.session_state[ui.CURRENT_RUN] = str(selected[0].path)
         st.toast(f"Evaluate and Predict now use {selected[0].name}.")
-with actions[1].popover(f"Delete {len(selected)} run(s)", icon=":material/delete:"):
+if len(selected) == 1:
+    if actions[1].button("Copy its settings", icon=":material/content_copy:",
+                         help="Puts this run's model and training settings on the Model and Train pages."):
+        try:
+            ui.show_settings(
+                ModelConfig.from_dict(selected[0].config.get("model", {})).resolved(),
+                TrainConfig.from_dict(selected[0].config.get("train", {})).resolved(),
+            )
+        except TransferLabError as error:
+            ui.show_error(error)
+        else:
+            st.toast("The Model and Train pages now hold this run's settings.")
+with actions[2].popover(f"Delete {len(selected)} run(s)", icon=":material/delete:"):
     st.markdown("The run folders, with their models, are removed for good.")
     if st.button("Yes, delete", type="primary"):
         for info in selected:

@@ -21,6 +21,9 @@ def duration(seconds) -> str:
 
 
 def curves(history) -> None:
+    if not history.get("loss"):
+        st.caption(":material/show_chart: The accuracy and loss curves appear here after the first epoch.")
+        return
     left, right = st.columns(2)
     left.plotly_chart(history_figure(history, "accuracy"), key="accuracy_chart")
     right.plotly_chart(history_figure(history, "loss"), key="loss_chart")
@@ -40,8 +43,7 @@ def live() -> None:
             icon=":material/hourglass_top:",
         )
     else:
-        epoch = min(state.epoch + 1, state.epochs)
-        st.markdown(f"**Epoch {epoch} of {state.epochs}** · now: **{state.phase or 'starting'}**")
+        st.markdown(f"**{ui.job_line(job, state)}**")
         if state.steps:
             unit = "images" if state.phase == "extracting features" else "batches"
             left = f", about {duration(state.eta_seconds)} left in this step" if state.eta_seconds is not None else ""
@@ -77,7 +79,7 @@ def result(job, state) -> None:
     model_file = job.run_dir / runs.MODEL_FILE
     if model_file.is_file():
         st.subheader("Take the model with you")
-        buttons = st.columns([1, 1, 3])
+        buttons = st.columns([2, 3, 2])
         buttons[0].download_button(
             "Download model (.keras)",
             data=model_file.read_bytes,
@@ -103,7 +105,7 @@ def advice(train_accuracy, val_accuracy) -> None:
     if train_accuracy is not None and train_accuracy - val_accuracy > 0.1:
         tips.append("Training accuracy is well above validation accuracy (overfitting): try more dropout, augmentation, or more images.")
     if not tips:
-        tips.append("This looks good.")
+        tips.append("The model tells the classes apart well on images it never trained on.")
     st.markdown(
         "**What next?** " + " ".join(tips) + "\n\n"
         "- **Evaluate**: which classes get confused, and the images the model got wrong.\n"
@@ -115,28 +117,13 @@ def advice(train_accuracy, val_accuracy) -> None:
 ui.page_setup()
 st.title("Train")
 
-source = st.session_state.get(ui.DATA_SOURCE)
-if not source:
-    st.info("Choose a dataset first.", icon=":material/info:")
-    st.page_link("pages/data.py", label="Go to Data", icon=":material/arrow_forward:")
-    st.stop()
-
 job = ui.current_job()
+source = st.session_state.get(ui.DATA_SOURCE)
 state = job.snapshot() if job is not None else None
 busy = state is not None and not state.done
 
-for key, value in (
-    ("keep.epochs", DEFAULTS.epochs),
-    ("keep.batch_size", DEFAULTS.batch_size),
-    ("keep.optimizer", DEFAULTS.optimizer),
-    ("keep.learning_rate", DEFAULTS.learning_rate),
-    ("keep.augment", DEFAULTS.augment),
-    ("keep.early_stopping", DEFAULTS.early_stopping),
-    ("keep.patience", DEFAULTS.patience),
-    ("keep.val_split", DEFAULTS.val_split),
-    ("keep.seed", DEFAULTS.seed),
-):
-    st.session_state.setdefault(key, value)
+for name in ui.TRAIN_SETTINGS:
+    st.session_state.setdefault(ui.KEEP + name, getattr(DEFAULTS, name))
 
 with st.container(border=True):
     row = st.columns(4)
@@ -189,7 +176,10 @@ with st.container(border=True):
 config = ui.model_config()
 st.caption(f"Model: {ui.describe_model(config, inline=True)} · change it on the Model page.")
 
-if st.button("Start training", type="primary", icon=":material/play_arrow:", disabled=busy):
+if not source:
+    st.info("Choose a dataset first, on the Data page.", icon=":material/info:")
+    st.page_link("pages/data.py", label="Go to Data", icon=":material/arrow_forward:")
+if st.button("Start training", type="primary", icon=":material/play_arrow:", disabled=busy or not source):
     try:
         train_config = TrainConfig(
             epochs=int(epochs),
