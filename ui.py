@@ -13,7 +13,9 @@ from tlcore.errors import TransferLabError
 DATA_SOURCE = "dataset_source"  # folder or zip path of the chosen dataset
 DATA_NAME = "dataset_name"  # what the user calls it: the zip's name or the sample's
 MODEL_CONFIG = "model_config"  # the ModelConfig chosen on the Model page
-JOB_ID = "job_id"  # the training this session started or re-attached to
+JOB_ID = "job_id"  # the training this session follows
+OWNED = "job_owned"  # True when this session started that training (or reloaded the tab that did)
+JOB_PARAM = "job"  # address-bar parameter naming the tab's training, so a reload finds it again
 CURRENT_RUN = "current_run"  # run folder used by Evaluate and Predict
 
 
@@ -48,7 +50,10 @@ def page_setup() -> None:
     # into Session State is the documented way to keep it across pages.
     for key in [k for k in st.session_state if isinstance(k, str) and k.startswith(KEEP)]:
         st.session_state[key] = st.session_state[key]
-    current_job()  # after a reload, re-attaches to the training going on before drawing anything
+    current_job()  # after a reload, re-attaches to the training before anything is drawn
+    if owns_job():
+        # Opening another page clears the address bar's parameters: put the training back.
+        st.query_params[JOB_PARAM] = st.session_state[JOB_ID]
     with st.sidebar:
         sidebar()
 
@@ -170,23 +175,42 @@ def describe_model(config, inline: bool = False) -> str:
 
 
 def current_job():
-    """The training this session follows: its own, or after a reload the one running now."""
+    """The training this session follows.
+
+    That is the one it started, or after a browser reload (a new session) the one named in the
+    address bar; both are the session's own. Otherwise it watches whatever this server is
+    training, which may be another user's: see `owns_job`.
+    """
     from tlcore.jobs import manager
 
     jobs = manager()
-    job_id = st.session_state.get(JOB_ID)
-    job = jobs.get(job_id) if job_id else None
-    if job is None:
-        # A browser reload starts a new session: find the training still going on this server.
-        job = jobs.active() or _newest_unfinished(jobs)
-        if job is not None:
-            st.session_state[JOB_ID] = job.run_dir.name
-            # Pick up the dataset and model the training uses, so the pages agree with it.
-            if DATA_SOURCE not in st.session_state and isinstance(job.data, (str, Path)):
-                choose_dataset(job.data, Path(job.data).name)
-            if MODEL_CONFIG not in st.session_state:
-                show_settings(job.model_config, job.train_config)
-    return job
+    followed = jobs.get(st.session_state.get(JOB_ID) or "")
+    if followed is not None and st.session_state.get(OWNED):
+        return followed
+    from_address = jobs.get(st.query_params.get(JOB_PARAM, ""))
+    if from_address is not None:
+        follow(from_address)
+        # Pick up the dataset and settings the training uses, so the pages agree with it.
+        if DATA_SOURCE not in st.session_state and isinstance(from_address.data, (str, Path)):
+            choose_dataset(from_address.data, Path(from_address.data).name)
+        if MODEL_CONFIG not in st.session_state:
+            show_settings(from_address.model_config, from_address.train_config)
+        return from_address
+    watched = jobs.active() or _newest_unfinished(jobs) or followed
+    st.session_state[JOB_ID] = watched.run_dir.name if watched is not None else None
+    return watched
+
+
+def follow(job) -> None:
+    """Makes `job` this session's own training, and remembers it in the address bar."""
+    st.session_state[JOB_ID] = job.run_dir.name
+    st.session_state[OWNED] = True
+    st.query_params[JOB_PARAM] = job.run_dir.name
+
+
+def owns_job() -> bool:
+    """True when the followed training was started by this user (in this tab)."""
+    return bool(st.session_state.get(OWNED)) and bool(st.session_state.get(JOB_ID))
 
 
 def show_settings(model_config, train_config) -> None:

@@ -50,7 +50,10 @@ def live() -> None:
             st.progress(min(state.step / state.steps, 1.0), text=f"{state.step} of {state.steps} {unit}{left}")
         else:
             st.progress(0.0, text="Getting ready…")
-    if st.button("Stop training", icon=":material/stop_circle:", key="stop"):
+    if not ui.owns_job():
+        st.caption("This training was started by someone else (or in another browser tab). "
+                   "Start yours above: it waits in line and begins as soon as this one ends.")
+    elif st.button("Stop training", icon=":material/stop_circle:", key="stop"):
         manager().stop(job.run_dir.name)
         st.toast("Stopping after the current batch; the model trained so far is kept.")
     curves(state.history)
@@ -120,7 +123,8 @@ st.title("Train")
 job = ui.current_job()
 source = st.session_state.get(ui.DATA_SOURCE)
 state = job.snapshot() if job is not None else None
-busy = state is not None and not state.done
+running = state is not None and not state.done
+busy = running and ui.owns_job()  # someone else's training does not stop this user queueing one
 
 for name in ui.TRAIN_SETTINGS:
     st.session_state.setdefault(ui.KEEP + name, getattr(DEFAULTS, name))
@@ -196,10 +200,10 @@ if st.button("Start training", type="primary", icon=":material/play_arrow:", dis
     except TransferLabError as error:
         ui.show_error(error)
     else:
-        st.session_state[ui.JOB_ID] = job.run_dir.name
+        ui.follow(job)
         st.rerun()
 
-if busy:
+if running:
     st.fragment(live, run_every=ui.POLL_SECONDS)()
-elif job is not None:
+elif job is not None and ui.owns_job():
     result(job, state)

@@ -370,17 +370,27 @@ def test_train_page_shows_a_refused_start_as_a_message(dirs, fake_manager):
     assert "does not exist" in at.error[0].value
 
 
-def test_train_page_follows_a_running_job_and_stops_it(dirs, fake_manager, tmp_path):
+def running_job(tmp_path) -> FakeJob:
     history = {"loss": [0.6, 0.4], "accuracy": [0.7, 0.8], "val_loss": [0.5, 0.45], "val_accuracy": [0.75, 0.8]}
-    fake_manager.job = FakeJob(
+    return FakeJob(
         tmp_path / "run-1", status=runs.RUNNING, phase="training", epoch=2, epochs=5, step=3, steps=10,
         eta_seconds=4.0, history=history,
     )
-    at = with_sample("train")
-    # A new session (a browser reload) re-attaches to the running job.
+
+
+def test_train_page_reattaches_after_a_reload_and_stops_the_job(dirs, fake_manager, tmp_path):
+    fake_manager.job = running_job(tmp_path)
+    # A reload opens a new session; the address bar still names the tab's training.
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=TIMEOUT)
+    at.query_params["job"] = "run-1"
+    at.run()
+    at.switch_page("pages/train.py").run()
+    assert not at.exception
     assert at.session_state["job_id"] == "run-1"
-    assert at.button[0].disabled, "Start is off while training"
+    assert at.session_state["keep.input_size"] == 96, "the job's settings are shown again"
+    assert at.button[0].label == "Start training" and at.button[0].disabled
     assert any("epoch 3 of 5" in text for text in texts(at.markdown))
+    assert "epoch 3 of 5" in " ".join(texts(at.sidebar.caption))
     assert at.get("progress")
     charts = at.get("plotly_chart")
     assert len(charts) == 2
@@ -388,7 +398,25 @@ def test_train_page_follows_a_running_job_and_stops_it(dirs, fake_manager, tmp_p
     assert [len(trace["x"]) for trace in figure["data"]] == [2, 2]
     at.button(key="stop").click().run()
     assert fake_manager.stopped == ["run-1"]
-    assert "epoch 3 of 5" in " ".join(texts(at.sidebar.caption))
+    # Opening another page keeps the training in the address bar, for the next reload.
+    at.switch_page("pages/data.py").run()
+    assert at.query_params["job"] == "run-1"
+
+
+def test_train_page_lets_a_second_user_queue_behind_a_running_job(dirs, fake_manager, tmp_path):
+    fake_manager.job = running_job(tmp_path)
+    at = with_sample("train")
+    assert at.session_state["job_id"] == "run-1"
+    assert any("started by someone else" in text for text in texts(at.caption))
+    assert not [button for button in at.button if button.label == "Stop training"]
+    start = at.button[0]
+    assert start.label == "Start training" and not start.disabled
+    fake_manager.place = 1
+    start.click().run()
+    assert fake_manager.submitted, "a second training is queued"
+    assert at.session_state["job_id"] == "20260101-000000-fake"
+    assert "waiting in line, place 1" in at.info[0].value
+    assert at.button[0].disabled
 
 
 def test_train_page_shows_the_result_of_a_real_training(dirs, keras_home, monkeypatch, horses_or_humans):
