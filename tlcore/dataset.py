@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import random
+import uuid
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -196,7 +198,8 @@ def load_dataset(
         top, converted_dir = unpack_zip(source, work_dir, limits, progress), None
     else:
         raise DatasetError(f"`{source}` does not exist. Choose a dataset folder or a .zip file.")
-    return _Scan(top, source.name, converted_dir, progress).build(val_split, seed)
+    checks = ImageChecks(work_dir / "checks", top)
+    return _Scan(top, source.name, converted_dir, progress, checks).build(val_split, seed)
 
 
 def unpack_zip(
@@ -274,11 +277,14 @@ def _junk_reason(name: str, is_dir: bool) -> str | None:
 class _Scan:
     """One reading of a dataset folder: the files found, then the layout, checks and conversions."""
 
-    def __init__(self, top: Path, name: str, converted_dir: Path | None, progress: Progress | None):
+    def __init__(
+        self, top: Path, name: str, converted_dir: Path | None, progress: Progress | None, checks: "ImageChecks | None" = None
+    ):
         self.top = top
         self.name = name
         self.converted_dir = converted_dir
         self.progress = progress
+        self.checks = checks
         self.skipped: list[Skipped] = []
         self.warnings: list[str] = []
         self.candidates: list[tuple[str, ...]] = []
@@ -426,7 +432,7 @@ class _Scan:
     ) -> dict[str, dict[str, list[Path]]]:
         """Decodes every image, leaves out unreadable ones and swaps in converted copies."""
         every = [parts for per_class in by_split.values() for files in per_class.values() for parts in files]
-        checks = self._parallel("checking", lambda parts: images.check_image(self.top.joinpath(*parts)), every)
+        checks = self._check_all(every)
         usable: dict[tuple[str, ...], Path] = {}
         to_convert = []
         for parts, check in zip(every, checks):
@@ -446,6 +452,24 @@ class _Scan:
             split: {name: [usable[parts] for parts in files if parts in usable] for name, files in per_class.items()}
             for split, per_class in by_split.items()
         }
+
+    def _check_all(self, every: list[tuple[str, ...]]) -> list[images.ImageCheck]:
+        """Checks every image, reusing the results for files unchanged since an earlier load."""
+        if self.checks is None:
+            return self._parallel("checking", lambda parts: images.check_image(self.top.joinpath(*parts)), every)
+        known = self.checks.load()
+        stamps = [self.checks.stamp(self.top, parts) for parts in every]
+        missing = [i for i, stamp in enumerate(stamps) if stamp is None or stamp not in known]
+        hits = len(every) - len(missing)
+        report = (lambda done, total: self.progress("checking", hits + done, len(every))) if self.progress else None
+        found = map_in_threads(lambda i: images.check_image(self.top.joinpath(*every[i])), missing, report)
+        if self.progress and not missing:
+            self.progress("checking", len(every), len(every))
+        fresh = dict(zip(missing, found))
+        results = [fresh[i] if i in fresh else known[stamps[i]] for i in range(len(every))]
+        if missing and len(every) >= ImageChecks.MIN_IMAGES:
+            self.checks.save({stamp: check for stamp, check in zip(stamps, results) if stamp is not None})
+        return results
 
     def _parallel(self, stage: str, work: Callable, items: list) -> list:
         report = (lambda done, total: self.progress(stage, done, total)) if self.progress else None
@@ -524,3 +548,60 @@ class _Scan:
                     f"The class `{name}` leaves only {count} image(s) for training, but each class needs at least "
                     f"2 to learn from, plus some to check the model. Add more images of `{name}`."
                 )
+
+
+class ImageChecks:
+    """Results of `images.check_image` for one dataset folder, kept between loads.
+
+    Checking decodes every image, the slowest part of loading a dataset; a file whose size and
+    modification time are unchanged is not decoded again. The results live in the work folder,
+    never in the user's dataset folder.
+
+    Args:
+        folder: Where the results files are kept (one per dataset folder).
+        top: The dataset folder.
+    """
+
+    VERSION = 1
+    # Fewer images are checked in a blink; their results are not worth a file.
+    MIN_IMAGES = 100
+
+    def __init__(self, folder: Path, top: Path):
+        self.path = Path(folder) / (hashlib.sha256(str(Path(top).resolve()).encode()).hexdigest()[:16] + ".json")
+
+    @staticmethod
+    def stamp(top: Path, parts: tuple[str, ...]) -> str | None:
+        """Names one file's current content: relative path, size and modification time."""
+        try:
+            info = top.joinpath(*parts).stat()
+        except OSError:
+            return None
+        return f"{'/'.join(parts)}\t{info.st_size}\t{info.st_mtime_ns}"
+
+    def load(self) -> dict[str, images.ImageCheck]:
+        try:
+            data = json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            return {}
+        if not isinstance(data, dict) or data.get("version") != self.VERSION:
+            return {}
+        try:
+            return {stamp: images.ImageCheck(*values) for stamp, values in data["checks"].items()}
+        except (TypeError, KeyError, AttributeError):
+            return {}
+
+    def save(self, checks: dict[str, images.ImageCheck]) -> None:
+        """Replaces the kept results with these; a failure to write only costs time later."""
+        data = {
+            "version": self.VERSION,
+            "checks": {
+                stamp: [check.problem, check.width, check.height, check.needs_conversion] for stamp, check in checks.items()
+            },
+        }
+        partial = self.path.with_name(f".{self.path.name}.{uuid.uuid4().hex[:8]}.partial")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            partial.write_text(json.dumps(data))
+            os.replace(partial, self.path)
+        except OSError:
+            partial.unlink(missing_ok=True)

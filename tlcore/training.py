@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
+import os
 import threading
 import time
+import uuid
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -14,7 +18,7 @@ import numpy as np
 
 from tlcore import runs
 from tlcore.errors import ModelConfigError, TransferLabError
-from tlcore.features import FeatureCache, feature_key
+from tlcore.features import MAP, POOLED, FeatureCache, feature_key, folded_forward, pool, training_array, variant_key
 from tlcore.images import decode_file
 from tlcore.model import ModelConfig, assemble, build_body, build_head, check_num_classes
 
@@ -23,6 +27,19 @@ PHASE_LOADING = "loading data"
 PHASE_EXTRACTING = "extracting features"
 PHASE_TRAINING = "training"
 PHASE_SAVING = "saving"
+
+# Images per backbone call while extracting. Small batches keep a MobileNet's activations in
+# the CPU caches and measured fastest on a 2-core machine (see docs/performance.md).
+EXTRACTION_BATCH = 16
+# Heads this small run this many training steps per call into TensorFlow, which saves the
+# per-step Python overhead that otherwise dominates; larger heads run one step per call so
+# that a stop request is honoured quickly.
+STEPS_PER_EXECUTION = 16
+SMALL_HEAD_PARAMETERS = 1_000_000
+# Validation batches hold this many images at least: fewer calls, same metrics.
+VALIDATION_BATCH = 256
+# Frozen bodies kept ready in this process, so training again skips loading the weights.
+CACHED_BODIES = 2
 
 
 @dataclass(frozen=True)
@@ -93,9 +110,11 @@ def make_optimizer(config: TrainConfig):
     }[config.optimizer](learning_rate=config.learning_rate)
 
 
-def compile_for(model, num_classes: int, config: TrainConfig) -> None:
+def compile_for(model, num_classes: int, config: TrainConfig, steps_per_execution: int = 1) -> None:
     loss = "binary_crossentropy" if num_classes == 2 else "sparse_categorical_crossentropy"
-    model.compile(optimizer=make_optimizer(config), loss=loss, metrics=["accuracy"])
+    model.compile(
+        optimizer=make_optimizer(config), loss=loss, metrics=["accuracy"], steps_per_execution=steps_per_execution
+    )
 
 
 def augmenter(seed: int):
@@ -302,6 +321,8 @@ class TrainingJob:
         self._emit("status", status=runs.RUNNING)
         self._head = None
         self._last_good_weights = None
+        self._keep: set[str] = set()
+        self._body_nonce = uuid.uuid4().hex
         try:
             self._work()
             status = runs.STOPPED if self._stop.is_set() else runs.FINISHED
@@ -371,7 +392,7 @@ class TrainingJob:
                 "add more images to each class."
             )
         self._check_stop()
-        body = build_body(self.model_config)
+        body = cached_body(self.model_config)
         self._check_stop()
         # Seeded here, after everything that may draw random numbers (the first build of an
         # architecture, loading weights), so the same seed always gives the same head.
@@ -394,20 +415,26 @@ class TrainingJob:
 
     # The fast path: one backbone pass per image, then the head alone trains on the features.
     def _train_on_features(self, body, dataset, num_classes: int):
+        head = build_head(body.output.shape[1:], num_classes, self.model_config)
+        # An average- or max-pooling head trains on features pooled once at extraction: the
+        # pooling has no weights, and pooled features are 49 times smaller for a 7x7 map.
+        trainable = head_after_pooling(head)
+        variant = MAP if trainable is None else self.model_config.pooling
+        trainable = trainable or head
         with self._phase(PHASE_EXTRACTING):
-            train_x = self._features(body, dataset.train, "train")
-            val_x = self._features(body, dataset.validation, "validation")
+            train_x = self._features(body, dataset.train, "train", variant)
+            val_x = self._features(body, dataset.validation, "validation", variant)
         train_y = np.asarray([y for _, y in dataset.train], dtype="int32")
         val_y = np.asarray([y for _, y in dataset.validation], dtype="int32")
-        head = build_head(body.output.shape[1:], num_classes, self.model_config)
         self._head = (head, body)
-        compile_for(head, num_classes, self.train_config)
-        seed = self.train_config.seed
+        small = head.count_params() <= SMALL_HEAD_PARAMETERS
+        compile_for(trainable, num_classes, self.train_config, steps_per_execution=STEPS_PER_EXECUTION if small else 1)
+        seed, batch = self.train_config.seed, self.train_config.batch_size
         with self._phase(PHASE_TRAINING):
             self._fit(
-                head,
-                FeatureBatches(train_x, train_y, self.train_config.batch_size, seed),
-                FeatureBatches(val_x, val_y, self.train_config.batch_size, None),
+                trainable,
+                FeatureBatches(training_array(train_x), train_y, batch, seed),
+                FeatureBatches(training_array(val_x), val_y, max(batch, VALIDATION_BATCH), None),
             )
         return assemble(body, head, self.model_config)
 
@@ -426,30 +453,70 @@ class TrainingJob:
             self._fit(model, train, validation)
         return model
 
-    def _features(self, body, items, split: str):
+    def _feature_model_key(self) -> dict:
+        key = self.model_config.feature_key()
+        if key["weights"] == "none":
+            # Random weights differ from one build to the next: never reuse their features.
+            key["body"] = self._body_nonce
+        return key
+
+    def _features(self, body, items, split: str, variant: str = MAP):
+        """The features of `items` in one variant (see `tlcore.features.VARIANTS`), from the cache or extracted now.
+
+        Extraction stores the pooled variants too (they are small), and the whole map when
+        it fits in a quarter of the cache, so a later run with another pooling reuses them.
+        """
         paths = [str(p) for p, _ in items]
         cache = FeatureCache(self.work_dir / "features")
-        key = feature_key(self.model_config.feature_key(), paths)
-        cached = cache.get(key)
+        key = feature_key(self._feature_model_key(), paths)
+        self._keep.update(variant_key(key, v) for v in (MAP, *POOLED))
+        cached = cache.get(variant_key(key, variant))
         if cached is not None and len(cached) == len(paths):
             self._emit("progress", phase=PHASE_EXTRACTING, split=split, done=len(paths), total=len(paths), cached=True)
             return cached
-        extractor = feature_extractor(body, self.model_config)
-        writer = cache.create(key, (len(paths), *[int(v) for v in body.output.shape[1:]]))
-        batch = max(self.train_config.batch_size, 32)
+        map_shape = tuple(int(v) for v in body.output.shape[1:])
+        if variant in POOLED:
+            maps = cache.get(key)
+            if maps is not None and len(maps) == len(paths) and maps.shape[1:] == map_shape:
+                self._emit("progress", phase=PHASE_EXTRACTING, split=split, done=len(paths), total=len(paths), cached=True)
+                return self._pool_cached(cache, key, maps, variant)
+        store = {variant, *POOLED}
+        map_bytes = len(paths) * math.prod(map_shape) * np.dtype(np.float16).itemsize
+        if map_bytes <= cache.max_bytes // 4:
+            store.add(MAP)
+        shapes = {v: (len(paths), *(map_shape if v == MAP else map_shape[-1:])) for v in store}
+        writers = {v: cache.create(variant_key(key, v), shapes[v]) for v in sorted(store)}
         started = time.perf_counter()
+        done = 0
         try:
-            for images, _ in image_dataset(items, self.model_config.input_size, batch):
+            extractor = cached_extractor(body, self.model_config, tuple(sorted(store)))
+            for images, _ in image_dataset(items, self.model_config.input_size, EXTRACTION_BATCH):
                 self._check_stop()
-                writer.write(extractor(images))
+                outputs = extractor(images)
+                for name, writer in writers.items():
+                    writer.write(outputs[name])
+                done += len(images)
                 elapsed = time.perf_counter() - started
-                eta = elapsed / writer.count * (len(paths) - writer.count)
-                self._set(step=writer.count, steps=len(paths), eta_seconds=eta)
-                self._emit("progress", phase=PHASE_EXTRACTING, split=split, done=writer.count, total=len(paths), eta=eta)
+                eta = elapsed / done * (len(paths) - done)
+                self._set(step=done, steps=len(paths), eta_seconds=eta)
+                self._emit("progress", phase=PHASE_EXTRACTING, split=split, done=done, total=len(paths), eta=eta)
+        except BaseException:
+            for writer in writers.values():
+                writer.abort()
+            raise
+        stored = {name: writer.commit(keep=self._keep) for name, writer in writers.items()}
+        return stored[variant]
+
+    def _pool_cached(self, cache: FeatureCache, key: str, maps, variant: str):
+        """Pools cached feature maps in chunks, without running the backbone again."""
+        writer = cache.create(variant_key(key, variant), (len(maps), maps.shape[-1]))
+        try:
+            for start in range(0, len(maps), 256):
+                writer.write(pool(maps[start : start + 256], variant))
         except BaseException:
             writer.abort()
             raise
-        return writer.commit()
+        return writer.commit(keep=self._keep)
 
     def _fit(self, model, train, validation) -> None:
         callbacks = [JobCallback(self)]
@@ -494,17 +561,152 @@ def feature_extractor(body, config: ModelConfig):
     It applies the same resize and preprocessing layers as the saved model, so the head sees
     exactly what it will see inside the assembled model.
     """
+    extractor = FeatureExtractor(body, config, (MAP,), map_dtype="float32")
+    return lambda images: extractor(images)[MAP]
+
+
+class FeatureExtractor:
+    """Runs the frozen body over batches of resized raw images and returns the features asked for.
+
+    The body runs with batch normalisation folded into its convolutions when that gives the
+    same features (checked on random images when built), which is markedly faster on a CPU.
+
+    Args:
+        body: The frozen body from `tlcore.model.build_body`.
+        config: The model settings (backbone and input size).
+        variants: Which of `tlcore.features.VARIANTS` to return.
+        map_dtype: Dtype of the returned feature maps; float16 halves the copy out of TensorFlow.
+        fold: Set False to run the body exactly as Keras does.
+    """
+
+    def __init__(self, body, config: ModelConfig, variants=(MAP,), map_dtype: str = "float16", fold: bool = True):
+        import tensorflow as tf
+
+        from tlcore.model import BackbonePreprocess
+
+        config = config.resolved()
+        self.variants = tuple(variants)
+        preprocess = BackbonePreprocess(config.backbone)
+        forward = folded_forward(body) if fold else None
+        if forward is not None and not _same_features(forward, body, preprocess, config.input_size):
+            forward = None
+        self.folded = forward is not None
+        forward = forward or (lambda images: body(images, training=False))
+        size = config.input_size
+        variants = self.variants
+
+        @tf.function(input_signature=[tf.TensorSpec([None, size, size, 3], tf.float32)])
+        def extract(images):
+            maps = forward(preprocess(images))
+            outputs = {}
+            if MAP in variants:
+                outputs[MAP] = tf.cast(maps, map_dtype)
+            if "avg" in variants:
+                outputs["avg"] = tf.reduce_mean(maps, axis=[1, 2])
+            if "max" in variants:
+                outputs["max"] = tf.reduce_max(maps, axis=[1, 2])
+            return outputs
+
+        self._extract = extract
+
+    def __call__(self, images) -> dict[str, np.ndarray]:
+        import tensorflow as tf
+
+        return {name: value.numpy() for name, value in self._extract(tf.convert_to_tensor(images, tf.float32)).items()}
+
+
+def _same_features(forward, body, preprocess, size: int) -> bool:
     import tensorflow as tf
 
-    from tlcore.model import BackbonePreprocess
+    images = preprocess(tf.random.stateless_uniform((2, size, size, 3), seed=(1, 2), maxval=255.0))
+    try:
+        ours = np.asarray(forward(images))
+    except Exception:  # noqa: BLE001  (an unforeseen layer: fall back to the body as it is)
+        return False
+    theirs = np.asarray(body(images, training=False))
+    scale = max(1.0, float(np.abs(theirs).max()))
+    return ours.shape == theirs.shape and bool(np.allclose(ours, theirs, rtol=1e-3, atol=1e-3 * scale))
 
-    preprocess = BackbonePreprocess(config.backbone)
 
-    @tf.function(reduce_retracing=True)
-    def extract(images):
-        return body(preprocess(images), training=False)
+_BODIES: OrderedDict[str, dict] = OrderedDict()
+_BODIES_LOCK = threading.Lock()
 
-    return lambda images: extract(images).numpy()
+
+def _weights_identity(config: ModelConfig):
+    """The weights file a body would load, as [path, size, mtime], or None when unknown or random."""
+    from tlcore.backbones import find_cached_weights, get_backbone
+
+    if config.weights == "none":
+        return None
+    if config.weights == "imagenet":
+        path = find_cached_weights(get_backbone(config.backbone), config.alpha, config.input_size)
+    else:
+        path = config.weights
+    try:
+        stat = os.stat(path) if path is not None else None
+    except OSError:
+        return None
+    return None if stat is None else [os.path.abspath(path), stat.st_size, stat.st_mtime_ns]
+
+
+def cached_body(config: ModelConfig):
+    """`build_body`, kept for the next training of the same backbone, cut and weights in this process.
+
+    Bodies with random weights are never kept: each build draws new ones.
+    """
+    config = config.resolved()
+    identity = _weights_identity(config)
+    if identity is None:
+        return build_body(config)
+    key = json.dumps([config.feature_key(), identity], sort_keys=True)
+    with _BODIES_LOCK:
+        entry = _BODIES.get(key)
+        if entry is not None:
+            _BODIES.move_to_end(key)
+            return entry["body"]
+    body = build_body(config)
+    with _BODIES_LOCK:
+        _BODIES[key] = {"body": body, "extractors": {}}
+        while len(_BODIES) > CACHED_BODIES:
+            _BODIES.popitem(last=False)
+    return body
+
+
+def cached_extractor(body, config: ModelConfig, variants: tuple[str, ...]) -> FeatureExtractor:
+    """The `FeatureExtractor` of a body from `cached_body`, traced once and kept with it."""
+    with _BODIES_LOCK:
+        entry = next((e for e in _BODIES.values() if e["body"] is body), None)
+        found = entry["extractors"].get(variants) if entry else None
+    if found is not None:
+        return found
+    extractor = FeatureExtractor(body, config, variants)
+    if entry is not None:
+        with _BODIES_LOCK:
+            entry["extractors"][variants] = extractor
+    return extractor
+
+
+def forget_bodies() -> None:
+    """Drops the kept bodies and their extractors, freeing their memory."""
+    with _BODIES_LOCK:
+        _BODIES.clear()
+
+
+def head_after_pooling(head):
+    """The part of a pooling head after its pooling layer, sharing its layers, or None.
+
+    Training it on pooled features trains the head itself.
+    """
+    layers = head.layers
+    if len(layers) < 3 or not isinstance(layers[1], (keras.layers.GlobalAveragePooling2D, keras.layers.GlobalMaxPooling2D)):
+        return None
+    if not all(isinstance(layer, (keras.layers.Dense, keras.layers.Dropout)) for layer in layers[2:]):
+        return None
+    inputs = keras.Input(shape=(int(head.input.shape[-1]),), name="pooled_features")
+    x = inputs
+    for layer in layers[2:]:
+        x = layer(x)
+    return keras.Model(inputs, x, name="head_after_pooling")
 
 
 class JobCallback(keras.callbacks.Callback):
