@@ -160,7 +160,7 @@ with st.expander("Layer browser: every layer of the backbone", icon=":material/t
         column_order=["position", "suggested_cut", "name", "type", "output_shape", "params", "connected_to"],
         column_config={
             "position": st.column_config.NumberColumn("#", width="small"),
-            "suggested_cut": st.column_config.CheckboxColumn("Suggested cut", width="small"),
+            "suggested_cut": st.column_config.CheckboxColumn("Cut", width="small", help="A suggested cut layer"),
             "name": st.column_config.TextColumn("Name"),
             "type": st.column_config.TextColumn("Type"),
             "output_shape": st.column_config.TextColumn("Output shape", help="Height x width x channels"),

@@ -102,6 +102,12 @@ def test_from_zip_to_prediction(page, server, dataset_zip, horses_or_humans):
     page.get_by_test_id("stMetric").filter(has_text="Head parameters").get_by_text(f"{expected.head_params:,}").wait_for()
     assert "block_14_add" in sidebar.inner_text() and "dropout 0.3" in sidebar.inner_text()
     shot(page, "03-model")
+    page.get_by_text("Layer browser: every layer of the backbone").click()
+    page.get_by_label("Search layer names").fill("block_14")
+    page.get_by_label("Search layer names").press("Enter")
+    page.get_by_text(re.compile(r"^\d+ of 154 layers")).wait_for()
+    assert "of 154 layers" in page.get_by_text(re.compile("of 154 layers")).inner_text()
+    shot(page, "03b-layer-browser")
 
     open_page(page, "Train")
     type_number(page, "Epochs", 2)
@@ -167,6 +173,7 @@ def test_stop_training_after_a_reload(page, server, dataset_zip):
     shot(page, "11-stopped")
 
     # Two runs now exist (this one and the one before): select both and overlay their curves.
+    page.get_by_test_id("stToast").first.wait_for(state="hidden", timeout=SLOW)
     open_page(page, "Runs")
     table = page.get_by_test_id("stDataFrame")
     table.wait_for()
