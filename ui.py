@@ -234,12 +234,8 @@ def show_settings(model_config, train_config) -> None:
 
 
 def _newest_unfinished(jobs):
-    for info in tlruns.list_runs(runs_dir()):
-        if info.status in (tlruns.QUEUED, tlruns.RUNNING):
-            job = jobs.get(info.name)
-            if job is not None and not job.snapshot().done:
-                return job
-    return None
+    waiting = [job for job in jobs.jobs() if not job.snapshot().done]
+    return waiting[-1] if waiting else None
 
 
 def job_line(job, state) -> str:

@@ -82,23 +82,16 @@ def result(job, state) -> None:
     model_file = job.run_dir / runs.MODEL_FILE
     if model_file.is_file():
         st.subheader("Take the model with you")
-        buttons = st.columns([2, 3, 2])
-        buttons[0].download_button(
-            "Download model (.keras)",
-            data=model_file.read_bytes,
-            file_name=f"{job.run_dir.name}.keras",
-            mime="application/octet-stream",
-            icon=":material/download:",
-        )
-        buttons[1].download_button(
-            "Download class names (labels.json)",
-            data=(job.run_dir / runs.LABELS_FILE).read_bytes,
-            file_name="labels.json",
-            mime="application/json",
+        st.download_button(
+            "Download the model with its class names (.zip)",
+            data=lambda: runs.export_bundle(job.run_dir),
+            file_name=f"{job.run_dir.name}.zip",
+            mime="application/zip",
             icon=":material/download:",
         )
         st.caption("Load it in Python with `keras.saving.load_model(path)` after `import tlcore.model`; "
-                   "it takes raw RGB images of any size. labels.json lists the classes in output order.")
+                   "it takes raw RGB images of any size. labels.json lists the classes in output order; "
+                   "config.json and history.json record how it was trained.")
 
 
 def advice(train_accuracy, val_accuracy) -> None:

@@ -298,6 +298,9 @@ class FakeManager:
     def active(self):
         return self.job if self.job and self.job.state.status == runs.RUNNING else None
 
+    def jobs(self):
+        return [self.job] if self.job else []
+
     def position(self, job_id):
         return self.place
 
@@ -435,7 +438,7 @@ def test_train_page_shows_the_result_of_a_real_training(dirs, keras_home, monkey
     assert not at.exception
     assert "Training finished" in at.success[0].value, texts(at.error)
     assert metrics(at)["Epochs"] == "2"
-    assert {button.label for button in at.get("download_button")} >= {"Download model (.keras)"}
+    assert {button.label for button in at.get("download_button")} >= {"Download the model with its class names (.zip)"}
     assert Path(at.session_state["current_run"]).name == at.session_state["job_id"]
 
 

@@ -124,7 +124,7 @@ def test_from_zip_to_prediction(page, server, dataset_zip, horses_or_humans):
     wait_for_points(page, 2)
     assert chart_points(page, 0) == [2, 2], "accuracy: train and validation, one point per epoch"
     assert chart_points(page, 1) == [2, 2], "loss"
-    page.get_by_role("button", name="Download model (.keras)").wait_for()
+    page.get_by_role("button", name="Download the model with its class names (.zip)").wait_for()
     shot(page, "06-trained")
 
     open_page(page, "Predict")

@@ -45,3 +45,19 @@ def test_a_waiting_job_can_be_cancelled(tiny, real_weights, tmp_path):
     manager.stop(first.run_dir.name)
     assert manager.wait_idle(timeout=300)
     assert waiting.snapshot().history == {}
+
+
+def test_jobs_lists_every_submission_oldest_first(tiny, real_weights, tmp_path):
+    manager = JobManager()
+    first = manager.submit(tiny, CONFIG, TrainConfig(epochs=1), runs_dir=tmp_path / "runs", work_dir=tmp_path / "w")
+    second = manager.submit(tiny, CONFIG, TrainConfig(epochs=1), runs_dir=tmp_path / "runs", work_dir=tmp_path / "w")
+    assert manager.jobs() == [first, second]
+    assert manager.wait_idle(timeout=300)
+    assert [job.status for job in manager.jobs()] == [runs.FINISHED, runs.FINISHED]
+
+    import io
+    import zipfile
+
+    names = zipfile.ZipFile(io.BytesIO(runs.export_bundle(second.run_dir))).namelist()
+    folder = second.run_dir.name
+    assert sorted(names) == sorted(f"{folder}/{n}" for n in ("model.keras", "labels.json", "config.json", "history.json"))

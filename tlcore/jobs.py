@@ -52,6 +52,11 @@ class JobManager:
         with self._condition:
             return self._jobs.get(job_id)
 
+    def jobs(self) -> list[TrainingJob]:
+        """Every job submitted to this server, oldest first."""
+        with self._condition:
+            return list(self._jobs.values())
+
     def active(self) -> TrainingJob | None:
         """The job training now, if any."""
         with self._condition:

@@ -9,6 +9,7 @@ import re
 import shutil
 import threading
 import uuid
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -210,3 +211,22 @@ def load_labels(run_dir: str | Path) -> tuple[str, ...]:
     if not labels:
         raise RunError(f"The run `{Path(run_dir).name}` has no class names ({LABELS_FILE}).")
     return tuple(labels)
+
+
+def export_bundle(run_dir: str | Path) -> bytes:
+    """A zip of the run's model with its class names, settings and history, for download.
+
+    Raises:
+        RunError: the run has no saved model.
+    """
+    import io
+
+    run_dir = Path(run_dir)
+    if not (run_dir / MODEL_FILE).is_file():
+        raise RunError(f"The run `{run_dir.name}` has no saved model to download.")
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as bundle:
+        for name in (MODEL_FILE, LABELS_FILE, CONFIG_FILE, HISTORY_FILE):
+            if (run_dir / name).is_file():
+                bundle.write(run_dir / name, f"{run_dir.name}/{name}")
+    return buffer.getvalue()
