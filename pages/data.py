@@ -19,7 +19,7 @@ st.markdown(
 upload_column, sample_column = st.columns(2, gap="large")
 with upload_column:
     uploaded = st.file_uploader(
-        "Upload a zip of your images",
+        "Drop a zip of your images here, or click Upload",
         type=["zip"],
         help="Drag a .zip here or click to browse. Inside: one folder per class (or `train/` and "
         "`validation/` folders that each hold the class folders).",

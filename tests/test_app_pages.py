@@ -111,7 +111,7 @@ def test_every_page_opens_without_a_dataset_or_runs(dirs, page):
 
 def test_data_page_defaults(dirs):
     at = app()
-    assert at.file_uploader[0].label == "Upload a zip of your images"
+    assert at.file_uploader[0].label == "Drop a zip of your images here, or click Upload"
     assert at.file_uploader[0].allowed_type == [".zip"]
     assert at.selectbox[0].value == "shapes"
     assert at.button[0].label == "Use this sample"
