@@ -203,19 +203,19 @@ class DiskRows:
         return out
 
 
-def training_array(array, max_bytes: int = IN_MEMORY_BYTES):
+def training_array(array, max_bytes: int | None = None):
     """What the head trains on: a float32 copy in memory when small, else rows read from disk.
 
     Args:
         array: Features as returned by `FeatureCache.get` (or any array).
-        max_bytes: Largest float32 size held in memory.
+        max_bytes: Largest float32 size held in memory; `IN_MEMORY_BYTES` by default.
 
     Returns:
         A `numpy.ndarray`, or a `DiskRows` for memory-mapped features larger than `max_bytes`.
     """
     if not isinstance(array, np.memmap):
         return np.asarray(array, dtype=np.float32)
-    if array.size * 4 > max_bytes:
+    if array.size * 4 > (IN_MEMORY_BYTES if max_bytes is None else max_bytes):
         return DiskRows(array)
     rows = DiskRows(array)
     return rows[:].astype(np.float32)

@@ -30,7 +30,7 @@ PHASE_SAVING = "saving"
 
 # Images per backbone call while extracting. Small batches keep a MobileNet's activations in
 # the CPU caches and measured fastest on a 2-core machine (see docs/performance.md).
-EXTRACTION_BATCH = 16
+EXTRACTION_BATCH = 8
 # Heads this small run this many training steps per call into TensorFlow, which saves the
 # per-step Python overhead that otherwise dominates; larger heads run one step per call so
 # that a stop request is honoured quickly.
@@ -38,6 +38,9 @@ STEPS_PER_EXECUTION = 16
 SMALL_HEAD_PARAMETERS = 1_000_000
 # Validation batches hold this many images at least: fewer calls, same metrics.
 VALIDATION_BATCH = 256
+MAX_AUGMENTED_VIEWS = 20
+# Bump when `augmenter` changes, so cached augmented views are made again.
+AUGMENTATION_VERSION = 1
 # Frozen bodies kept ready in this process, so training again skips loading the weights.
 CACHED_BODIES = 2
 
@@ -55,6 +58,10 @@ class TrainConfig:
     patience: int = 3
     val_split: float = 0.2
     seed: int = 0
+    augment_views: int = 0
+    """With `augment`: 0 augments afresh every epoch, so the backbone runs over every image in
+    every epoch; N > 0 extracts N augmented views of each training image once (cached like
+    other features) and the epochs cycle through them, which is several times faster."""
 
     def resolved(self) -> "TrainConfig":
         """Returns a checked copy.
@@ -71,6 +78,10 @@ class TrainConfig:
             raise ModelConfigError("Train for at least 1 epoch.")
         if int(self.batch_size) < 1:
             raise ModelConfigError("The batch size must be at least 1.")
+        if not 0 <= int(self.augment_views) <= MAX_AUGMENTED_VIEWS:
+            raise ModelConfigError(
+                f"The number of augmented views must be between 0 and {MAX_AUGMENTED_VIEWS}, got {self.augment_views}."
+            )
         rate = float(self.learning_rate)
         if not (0 < rate < 10) or math.isnan(rate):
             raise ModelConfigError(
@@ -87,6 +98,7 @@ class TrainConfig:
             patience=max(1, int(self.patience)),
             val_split=float(self.val_split),
             seed=int(self.seed),
+            augment_views=int(self.augment_views),
         )
 
     def to_dict(self) -> dict:
@@ -173,6 +185,20 @@ class FeatureBatches(keras.utils.PyDataset):
     def on_epoch_end(self):
         if self.seed is not None:
             self.rng.shuffle(self.order)
+
+
+class ViewBatches(FeatureBatches):
+    """`FeatureBatches` over several augmented views of the same images: epoch e reads view e mod N."""
+
+    def __init__(self, views, labels, batch_size: int, seed: int | None):
+        super().__init__(views[0], labels, batch_size, seed)
+        self.views = list(views)
+        self.epoch = 0
+
+    def on_epoch_end(self):
+        super().on_epoch_end()
+        self.epoch += 1
+        self.features = self.views[self.epoch % len(self.views)]
 
 
 @dataclass
@@ -397,7 +423,7 @@ class TrainingJob:
         # Seeded here, after everything that may draw random numbers (the first build of an
         # architecture, loading weights), so the same seed always gives the same head.
         keras.utils.set_random_seed(self.train_config.seed)
-        if self.train_config.augment:
+        if self.train_config.augment and not self.train_config.augment_views:
             model = self._train_end_to_end(body, dataset, num_classes)
         else:
             model = self._train_on_features(body, dataset, num_classes)
@@ -421,8 +447,12 @@ class TrainingJob:
         trainable = head_after_pooling(head)
         variant = MAP if trainable is None else self.model_config.pooling
         trainable = trainable or head
+        views = self.train_config.augment_views if self.train_config.augment else 0
         with self._phase(PHASE_EXTRACTING):
-            train_x = self._features(body, dataset.train, "train", variant)
+            if views:
+                train_x = [self._features(body, dataset.train, f"train, view {v + 1}", variant, view=v) for v in range(views)]
+            else:
+                train_x = self._features(body, dataset.train, "train", variant)
             val_x = self._features(body, dataset.validation, "validation", variant)
         train_y = np.asarray([y for _, y in dataset.train], dtype="int32")
         val_y = np.asarray([y for _, y in dataset.validation], dtype="int32")
@@ -431,9 +461,13 @@ class TrainingJob:
         compile_for(trainable, num_classes, self.train_config, steps_per_execution=STEPS_PER_EXECUTION if small else 1)
         seed, batch = self.train_config.seed, self.train_config.batch_size
         with self._phase(PHASE_TRAINING):
+            if views:
+                train = ViewBatches([training_array(x) for x in train_x], train_y, batch, seed)
+            else:
+                train = FeatureBatches(training_array(train_x), train_y, batch, seed)
             self._fit(
                 trainable,
-                FeatureBatches(training_array(train_x), train_y, batch, seed),
+                train,
                 FeatureBatches(training_array(val_x), val_y, max(batch, VALIDATION_BATCH), None),
             )
         return assemble(body, head, self.model_config)
@@ -460,15 +494,23 @@ class TrainingJob:
             key["body"] = self._body_nonce
         return key
 
-    def _features(self, body, items, split: str, variant: str = MAP):
+    def _features(self, body, items, split: str, variant: str = MAP, view: int | None = None):
         """The features of `items` in one variant (see `tlcore.features.VARIANTS`), from the cache or extracted now.
 
         Extraction stores the pooled variants too (they are small), and the whole map when
         it fits in a quarter of the cache, so a later run with another pooling reuses them.
+        With `view`, the features are of the images augmented as that view prescribes.
         """
         paths = [str(p) for p, _ in items]
         cache = FeatureCache(self.work_dir / "features")
-        key = feature_key(self._feature_model_key(), paths)
+        model_key = self._feature_model_key()
+        augment = None
+        if view is not None:
+            # Each view has its own seed, so it is the same whichever other views exist.
+            view_seed = self.train_config.seed + 1000 * (view + 1)
+            model_key["augmentation"] = {"version": AUGMENTATION_VERSION, "seed": view_seed}
+            augment = augmenter(view_seed)
+        key = feature_key(model_key, paths)
         self._keep.update(variant_key(key, v) for v in (MAP, *POOLED))
         cached = cache.get(variant_key(key, variant))
         if cached is not None and len(cached) == len(paths):
@@ -482,7 +524,7 @@ class TrainingJob:
                 return self._pool_cached(cache, key, maps, variant)
         store = {variant, *POOLED}
         map_bytes = len(paths) * math.prod(map_shape) * np.dtype(np.float16).itemsize
-        if map_bytes <= cache.max_bytes // 4:
+        if map_bytes <= cache.max_bytes // 4 and view is None:
             store.add(MAP)
         shapes = {v: (len(paths), *(map_shape if v == MAP else map_shape[-1:])) for v in store}
         writers = {v: cache.create(variant_key(key, v), shapes[v]) for v in sorted(store)}
@@ -490,7 +532,7 @@ class TrainingJob:
         done = 0
         try:
             extractor = cached_extractor(body, self.model_config, tuple(sorted(store)))
-            for images, _ in image_dataset(items, self.model_config.input_size, EXTRACTION_BATCH):
+            for images, _ in image_dataset(items, self.model_config.input_size, EXTRACTION_BATCH, augment=augment):
                 self._check_stop()
                 outputs = extractor(images)
                 for name, writer in writers.items():

@@ -1,0 +1,124 @@
+"""Shared helpers of the benchmarks: offline assets, a private Keras cache, timing and tables."""
+
+from __future__ import annotations
+
+import os
+import platform
+import resource
+import shutil
+import sys
+import tempfile
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+ASSETS = ROOT.parent / "shared" / "assets"
+DATASETS = ASSETS / "datasets"
+MOBILENET_WEIGHTS = "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_0.35_224_no_top.h5"
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+
+def private_keras_home() -> Path:
+    """Points KERAS_HOME at a new temporary folder whose cache holds the MobileNetV2 (alpha 0.35) weights.
+
+    Must run before Keras builds a backbone. The weights are linked, not copied, when the file
+    system allows it.
+    """
+    weights = ASSETS / "weights" / MOBILENET_WEIGHTS
+    if not weights.is_file():
+        sys.exit(f"Missing offline weights: {weights}")
+    home = Path(tempfile.mkdtemp(prefix="tl-bench-keras-"))
+    (home / "models").mkdir()
+    target = home / "models" / MOBILENET_WEIGHTS
+    try:
+        target.symlink_to(weights)
+    except OSError:
+        shutil.copy(weights, target)
+    os.environ["KERAS_HOME"] = str(home)
+    return home
+
+
+def scratch_dir(name: str) -> Path:
+    """A new temporary folder for runs, caches and generated images."""
+    return Path(tempfile.mkdtemp(prefix=f"tl-bench-{name}-"))
+
+
+@contextmanager
+def stopwatch(results: dict, name: str):
+    """Stores the wall-clock seconds of the block in `results[name]`."""
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        results[name] = time.perf_counter() - start
+
+
+def peak_rss_mb() -> float:
+    """The process' peak resident memory so far, in MiB."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def current_rss_mb() -> float:
+    with open("/proc/self/statm") as handle:
+        return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 1024**2
+
+
+def machine_line() -> str:
+    import keras
+    import tensorflow as tf
+
+    load = ", ".join(f"{v:.2f}" for v in os.getloadavg())
+    return (
+        f"machine: {os.cpu_count()} CPUs ({platform.processor() or platform.machine()}), "
+        f"Python {platform.python_version()}, TensorFlow {tf.__version__}, Keras {keras.__version__}, "
+        f"load average {load}"
+    )
+
+
+def print_table(headers: list[str], rows: list[list], title: str | None = None) -> None:
+    """Prints rows as an aligned plain-text table; numbers right-aligned."""
+    text = [[_cell(v) for v in row] for row in rows]
+    widths = [max(len(h), *(len(r[i]) for r in text)) if text else len(h) for i, h in enumerate(headers)]
+    numeric = [all(isinstance(row[i], (int, float)) or row[i] in (None, "") for row in rows) for i in range(len(headers))]
+    if title:
+        print(f"\n{title}")
+    line = "  ".join(h.rjust(w) if n else h.ljust(w) for h, w, n in zip(headers, widths, numeric))
+    print(line)
+    print("  ".join("-" * w for w in widths))
+    for row in text:
+        print("  ".join(c.rjust(w) if n else c.ljust(w) for c, w, n in zip(row, widths, numeric)))
+    sys.stdout.flush()
+
+
+def _cell(value) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        if value and abs(value) < 0.001:
+            return f"{value:.1e}"
+        return f"{value:.3f}" if abs(value) < 10 else f"{value:.1f}"
+    return str(value)
+
+
+def subset(dataset, per_class: int | None):
+    """The dataset with at most `per_class` training and a proportional share of validation images per class."""
+    if not per_class:
+        return dataset
+    import dataclasses
+
+    def cap(items, limit):
+        kept, seen = [], {}
+        for path, label in items:
+            if seen.get(label, 0) < limit:
+                kept.append((path, label))
+                seen[label] = seen.get(label, 0) + 1
+        return tuple(kept)
+
+    ratio = len(dataset.validation) / max(1, len(dataset.train))
+    return dataclasses.replace(
+        dataset, train=cap(dataset.train, per_class), validation=cap(dataset.validation, max(1, round(per_class * ratio)))
+    )

@@ -1,0 +1,222 @@
+"""Frozen-backbone training, measured side by side: the classic `model.fit` on images, tlcore, and the floor.
+
+In one process, on the same data, split and settings:
+
+- classic: `keras` `model.fit` on images streamed through `tf.data`, the frozen backbone
+  inside the model, so it runs over every image in every epoch (the TensorFlow tutorial);
+- tlcore: a `TrainingJob` from the loaded dataset to the saved model (extraction, head
+  training, saving), with an empty feature cache;
+- tlcore again with only head settings changed, reusing the cached features;
+- the floor: one forward pass of the cut backbone over all training and validation images,
+  decoding included, timed warm (once as Keras runs the body, once as tlcore runs it);
+- raw forward throughput of the backbone on random tensors of the same shape.
+
+Usage:
+    python benchmarks/train_speed.py [DATA] [--epochs 10] [--per-class N] [--augment] ...
+
+DATA is a dataset folder or zip (default: the flowers set in ../shared/assets).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import time
+
+from common import DATASETS, machine_line, print_table, private_keras_home, scratch_dir, stopwatch, subset
+
+
+def parse_args():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("data", nargs="?", default=str(DATASETS / "flowers"), help="dataset folder or zip")
+    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--per-class", type=int, default=None, help="use at most N training images per class")
+    parser.add_argument("--input-size", type=int, default=224)
+    parser.add_argument("--alpha", type=float, default=0.35)
+    parser.add_argument("--cut", default="out_relu")
+    parser.add_argument("--pooling", default="avg")
+    parser.add_argument("--dense", type=int, default=128)
+    parser.add_argument("--dropout", type=float, default=0.2)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--optimizer", default="adam")
+    parser.add_argument("--learning-rate", type=float, default=0.001)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--augment", action="store_true", help="also compare training with augmentation")
+    parser.add_argument("--views", type=int, default=3, help="cached augmented views per image (with --augment)")
+    parser.add_argument("--skip-classic", action="store_true", help="leave out the classic runs (quick checks)")
+    parser.add_argument("--raw-batches", type=int, default=6, help="batches timed for the raw forward throughput")
+    return parser.parse_args()
+
+
+def main():
+    args = parse_args()
+    private_keras_home()
+
+    import keras
+    import numpy as np
+    import tensorflow as tf
+
+    from tlcore.dataset import load_dataset
+    from tlcore.model import BackbonePreprocess, ModelConfig, assemble, build_body, build_head, random_backbone
+    from tlcore.training import (
+        EXTRACTION_BATCH,
+        FeatureExtractor,
+        TrainConfig,
+        TrainingJob,
+        augmenter,
+        compile_for,
+        forget_bodies,
+        image_dataset,
+    )
+
+    print(machine_line())
+    work = scratch_dir("train-speed")
+    dataset = subset(load_dataset(args.data, val_split=0.2, seed=args.seed, work_dir=work / "load"), args.per_class)
+    n_train, n_val = len(dataset.train), len(dataset.validation)
+    model_config = ModelConfig(
+        backbone="mobilenet_v2", alpha=args.alpha, input_size=args.input_size, cut_layer=args.cut,
+        pooling=args.pooling, dense_units=(args.dense,) if args.dense else (), dropout=args.dropout,
+    ).resolved()
+    train_config = TrainConfig(
+        epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate,
+        optimizer=args.optimizer, seed=args.seed,
+    ).resolved()
+    size = model_config.input_size
+    print(
+        f"data: {args.data} — {len(dataset.classes)} classes, {n_train} training + {n_val} validation images\n"
+        f"model: MobileNetV2 alpha {model_config.alpha} at {size}px, cut `{model_config.cut_layer}`, "
+        f"{model_config.pooling} pooling, dense {list(model_config.dense_units)}, dropout {model_config.dropout}; "
+        f"{train_config.optimizer} lr {train_config.learning_rate}, batch {train_config.batch_size}, "
+        f"{train_config.epochs} epochs, seed {train_config.seed}"
+    )
+    # The architecture's first build is paid once per process; pay it before any timing.
+    random_backbone(model_config.backbone, model_config.alpha, size)
+    seconds: dict[str, float] = {}
+    accuracy: dict[str, float] = {}
+    notes: dict[str, str] = {}
+
+    # Raw forward throughput on random tensors --------------------------------------------------
+    body = build_body(model_config)
+    preprocess = BackbonePreprocess(model_config.backbone)
+    spec = tf.TensorSpec([None, size, size, 3], tf.float32)
+    keras_forward = tf.function(lambda images: body(preprocess(images), training=False), input_signature=[spec])
+    folded = FeatureExtractor(body, model_config, ("map",), map_dtype="float32")
+    folded_forward = lambda images: folded._extract(images)["map"]  # noqa: E731
+    raw = {}
+    for name, forward in (("Keras body", keras_forward), ("tlcore (folded)", folded_forward)):
+        for batch in sorted({EXTRACTION_BATCH, 32}):
+            images = tf.random.uniform((batch, size, size, 3), 0, 255, seed=1)
+            forward(images).numpy()
+            best = float("inf")
+            for _ in range(2):
+                start = time.perf_counter()
+                for _ in range(args.raw_batches):
+                    forward(images).numpy()
+                best = min(best, time.perf_counter() - start)
+            raw[(name, batch)] = batch * args.raw_batches / best
+    print_table(
+        ["forward on random tensors", "batch", "images/s"],
+        [[name, batch, rate] for (name, batch), rate in raw.items()],
+        title="Raw forward throughput of the cut backbone (best of 2)",
+    )
+
+    # The floor: one warm pass over every image, decoding included -------------------------------
+    everything = dataset.train + dataset.validation
+
+    def one_pass(forward, batch):
+        for images, _ in image_dataset(everything, size, batch):
+            forward(images).numpy()
+
+    one_pass(keras_forward, 32)  # warms the file cache and tf.data, so both floors read the same way
+    with stopwatch(seconds, "floor, Keras body (batch 32)"):
+        one_pass(keras_forward, 32)
+    with stopwatch(seconds, f"floor, tlcore extraction (batch {EXTRACTION_BATCH})"):
+        one_pass(folded_forward, EXTRACTION_BATCH)
+    floor_name = min(
+        ("floor, Keras body (batch 32)", f"floor, tlcore extraction (batch {EXTRACTION_BATCH})"), key=seconds.get
+    )
+    floor = seconds[floor_name]
+    del folded, keras_forward
+
+    # The classic pipeline: model.fit on images, backbone inside, every epoch ---------------------
+    def classic(augment: bool):
+        with stopwatch(seconds, "classic" + (" + augmentation" if augment else "")):
+            classic_body = build_body(model_config)
+            keras.utils.set_random_seed(train_config.seed)
+            head = build_head(classic_body.output.shape[1:], len(dataset.classes), model_config)
+            model = assemble(classic_body, head, model_config)
+            compile_for(model, len(dataset.classes), train_config)
+            train = image_dataset(
+                dataset.train, size, train_config.batch_size, shuffle_seed=train_config.seed,
+                augment=augmenter(train_config.seed) if augment else None,
+            )
+            validation = image_dataset(dataset.validation, size, train_config.batch_size)
+            history = model.fit(train, validation_data=validation, epochs=train_config.epochs, verbose=0)
+        accuracy["classic" + (" + augmentation" if augment else "")] = history.history["val_accuracy"][-1]
+
+    # tlcore: a training job from the loaded dataset to the saved model -------------------------
+    def tlcore(name: str, config: ModelConfig, settings: TrainConfig, fresh: bool):
+        if fresh:
+            forget_bodies()
+        job = TrainingJob(dataset, config, settings, runs_dir=work / "runs", work_dir=work / "tlcore")
+        with stopwatch(seconds, name):
+            state = job.run()
+        if state.status != "finished":
+            raise SystemExit(f"{name} {state.status}: {state.message}")
+        accuracy[name] = state.history["val_accuracy"][-1]
+        notes[name] = ", ".join(f"{phase} {value:.1f}s" for phase, value in state.phase_seconds.items())
+
+    if not args.skip_classic:
+        classic(augment=False)
+    tlcore("tlcore", model_config, train_config, fresh=True)
+    retrain = dataclasses.replace(model_config, dense_units=(64,), dropout=0.5)
+    tlcore(
+        "tlcore, head settings changed", retrain,
+        dataclasses.replace(train_config, learning_rate=train_config.learning_rate / 2, optimizer="rmsprop"), fresh=False,
+    )
+    if args.augment:
+        if not args.skip_classic:
+            classic(augment=True)
+        tlcore("tlcore + augmentation", model_config, dataclasses.replace(train_config, augment=True), fresh=False)
+        if args.views:
+            tlcore(
+                f"tlcore + {args.views} cached augmented views", model_config,
+                dataclasses.replace(train_config, augment=True, augment_views=args.views), fresh=False,
+            )
+
+    # Report ------------------------------------------------------------------------------------
+    rows = []
+    for name, value in seconds.items():
+        base = "classic + augmentation" if "augment" in name else "classic"
+        versus_classic = seconds.get(base)
+        rows.append([
+            name, value, accuracy.get(name),
+            None if versus_classic is None or name.startswith("floor") else value / versus_classic,
+            None if name.startswith("floor") else value / floor,
+            notes.get(name, ""),
+        ])
+    print_table(
+        ["path", "seconds", "val acc", "x classic", "x floor", "tlcore phases"],
+        rows,
+        title=f"Training, {train_config.epochs} epochs ({n_train} + {n_val} images); floor = {floor_name}",
+    )
+    if "classic" in seconds:
+        print(
+            f"tlcore / classic = {seconds['tlcore'] / seconds['classic']:.3f} "
+            f"({seconds['classic'] / seconds['tlcore']:.1f}x faster); "
+            f"tlcore / floor = {seconds['tlcore'] / floor:.2f}; "
+            f"val accuracy tlcore {accuracy['tlcore']:.4f} vs classic {accuracy['classic']:.4f} "
+            f"({(accuracy['tlcore'] - accuracy['classic']) * 100:+.2f} points)"
+        )
+    extraction = len(everything) / seconds[f"floor, tlcore extraction (batch {EXTRACTION_BATCH})"]
+    for name in ("Keras body", "tlcore (folded)"):
+        rate = raw[(name, EXTRACTION_BATCH)]
+        print(
+            f"extraction {extraction:.1f} images/s (decode + forward) vs raw forward of the {name} "
+            f"{rate:.1f} images/s at batch {EXTRACTION_BATCH}: {rate / extraction:.2f}x"
+        )
+    print(machine_line())
+
+
+if __name__ == "__main__":
+    main()
