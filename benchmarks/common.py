@@ -48,13 +48,19 @@ def scratch_dir(name: str) -> Path:
 
 
 @contextmanager
-def stopwatch(results: dict, name: str):
-    """Stores the wall-clock seconds of the block in `results[name]`."""
-    start = time.perf_counter()
+def stopwatch(results: dict, name: str, cpu: dict | None = None):
+    """Stores the wall-clock seconds of the block in `results[name]`, and its CPU seconds in `cpu[name]`.
+
+    CPU seconds count every thread of this process; on a machine shared with other work they
+    vary much less than wall-clock seconds.
+    """
+    start, start_cpu = time.perf_counter(), time.process_time()
     try:
         yield
     finally:
         results[name] = time.perf_counter() - start
+        if cpu is not None:
+            cpu[name] = time.process_time() - start_cpu
 
 
 def peak_rss_mb() -> float:

@@ -44,7 +44,7 @@ def parse_args():
     parser.add_argument("--augment", action="store_true", help="also compare training with augmentation")
     parser.add_argument("--views", type=int, default=3, help="cached augmented views per image (with --augment)")
     parser.add_argument("--skip-classic", action="store_true", help="leave out the classic runs (quick checks)")
-    parser.add_argument("--raw-batches", type=int, default=6, help="batches timed for the raw forward throughput")
+    parser.add_argument("--raw-images", type=int, default=192, help="images per timing of the raw forward throughput")
     return parser.parse_args()
 
 
@@ -92,6 +92,7 @@ def main():
     # The architecture's first build is paid once per process; pay it before any timing.
     random_backbone(model_config.backbone, model_config.alpha, size)
     seconds: dict[str, float] = {}
+    cpu: dict[str, float] = {}
     accuracy: dict[str, float] = {}
     notes: dict[str, str] = {}
 
@@ -107,17 +108,18 @@ def main():
         for batch in sorted({EXTRACTION_BATCH, 32}):
             images = tf.random.uniform((batch, size, size, 3), 0, 255, seed=1)
             forward(images).numpy()
+            calls = max(1, args.raw_images // batch)
             best = float("inf")
-            for _ in range(2):
+            for _ in range(3):
                 start = time.perf_counter()
-                for _ in range(args.raw_batches):
+                for _ in range(calls):
                     forward(images).numpy()
                 best = min(best, time.perf_counter() - start)
-            raw[(name, batch)] = batch * args.raw_batches / best
+            raw[(name, batch)] = batch * calls / best
     print_table(
         ["forward on random tensors", "batch", "images/s"],
         [[name, batch, rate] for (name, batch), rate in raw.items()],
-        title="Raw forward throughput of the cut backbone (best of 2)",
+        title="Raw forward throughput of the cut backbone (best of 3)",
     )
 
     # The floor: one warm pass over every image, decoding included -------------------------------
@@ -128,9 +130,9 @@ def main():
             forward(images).numpy()
 
     one_pass(keras_forward, 32)  # warms the file cache and tf.data, so both floors read the same way
-    with stopwatch(seconds, "floor, Keras body (batch 32)"):
+    with stopwatch(seconds, "floor, Keras body (batch 32)", cpu):
         one_pass(keras_forward, 32)
-    with stopwatch(seconds, f"floor, tlcore extraction (batch {EXTRACTION_BATCH})"):
+    with stopwatch(seconds, f"floor, tlcore extraction (batch {EXTRACTION_BATCH})", cpu):
         one_pass(folded_forward, EXTRACTION_BATCH)
     floor_name = min(
         ("floor, Keras body (batch 32)", f"floor, tlcore extraction (batch {EXTRACTION_BATCH})"), key=seconds.get
@@ -140,7 +142,7 @@ def main():
 
     # The classic pipeline: model.fit on images, backbone inside, every epoch ---------------------
     def classic(augment: bool):
-        with stopwatch(seconds, "classic" + (" + augmentation" if augment else "")):
+        with stopwatch(seconds, "classic" + (" + augmentation" if augment else ""), cpu):
             classic_body = build_body(model_config)
             keras.utils.set_random_seed(train_config.seed)
             head = build_head(classic_body.output.shape[1:], len(dataset.classes), model_config)
@@ -159,7 +161,7 @@ def main():
         if fresh:
             forget_bodies()
         job = TrainingJob(dataset, config, settings, runs_dir=work / "runs", work_dir=work / "tlcore")
-        with stopwatch(seconds, name):
+        with stopwatch(seconds, name, cpu):
             state = job.run()
         if state.status != "finished":
             raise SystemExit(f"{name} {state.status}: {state.message}")
@@ -186,25 +188,28 @@ def main():
 
     # Report ------------------------------------------------------------------------------------
     rows = []
+    floor_cpu = cpu[floor_name]
     for name, value in seconds.items():
         base = "classic + augmentation" if "augment" in name else "classic"
-        versus_classic = seconds.get(base)
+        is_floor = name.startswith("floor")
         rows.append([
-            name, value, accuracy.get(name),
-            None if versus_classic is None or name.startswith("floor") else value / versus_classic,
-            None if name.startswith("floor") else value / floor,
+            name, value, cpu[name], accuracy.get(name),
+            None if base not in seconds or is_floor else value / seconds[base],
+            None if is_floor else value / floor,
+            None if base not in cpu or is_floor else cpu[name] / cpu[base],
+            None if is_floor else cpu[name] / floor_cpu,
             notes.get(name, ""),
         ])
     print_table(
-        ["path", "seconds", "val acc", "x classic", "x floor", "tlcore phases"],
+        ["path", "seconds", "CPU s", "val acc", "x classic", "x floor", "CPU x classic", "CPU x floor", "tlcore phases (wall)"],
         rows,
         title=f"Training, {train_config.epochs} epochs ({n_train} + {n_val} images); floor = {floor_name}",
     )
     if "classic" in seconds:
         print(
-            f"tlcore / classic = {seconds['tlcore'] / seconds['classic']:.3f} "
-            f"({seconds['classic'] / seconds['tlcore']:.1f}x faster); "
-            f"tlcore / floor = {seconds['tlcore'] / floor:.2f}; "
+            f"tlcore / classic = {seconds['tlcore'] / seconds['classic']:.3f} wall, "
+            f"{cpu['tlcore'] / cpu['classic']:.3f} CPU ({seconds['classic'] / seconds['tlcore']:.1f}x faster); "
+            f"tlcore / floor = {seconds['tlcore'] / floor:.2f} wall, {cpu['tlcore'] / floor_cpu:.2f} CPU; "
             f"val accuracy tlcore {accuracy['tlcore']:.4f} vs classic {accuracy['classic']:.4f} "
             f"({(accuracy['tlcore'] - accuracy['classic']) * 100:+.2f} points)"
         )

@@ -1,0 +1,273 @@
+"""The fast paths behave like the slow ones: folded backbones, pooled and spilled features, kept results.
+
+These tests check behaviour, never speed; `benchmarks/` measures speed.
+"""
+
+import os
+import shutil
+
+import keras
+import numpy as np
+import pytest
+
+from tlcore import dataset as datasets
+from tlcore import features, images, runs, training
+from tlcore.dataset import load_dataset, load_folder
+from tlcore.features import DiskRows, FeatureCache, training_array, variant_key
+from tlcore.model import ModelConfig, assemble, build_body, build_head
+from tlcore.training import (
+    FeatureBatches,
+    FeatureExtractor,
+    TrainConfig,
+    TrainingJob,
+    ViewBatches,
+    cached_body,
+    compile_for,
+    forget_bodies,
+    image_dataset,
+)
+
+SMALL = ModelConfig(backbone="mobilenet_v2", alpha=0.35, input_size=96, dense_units=(16,), dropout=0.0)
+
+
+@pytest.fixture(scope="module")
+def small_dataset(horses_or_humans, tmp_path_factory):
+    """24 horses and 24 humans from the real horse-or-human set."""
+    root = tmp_path_factory.mktemp("perf") / "horse-or-human"
+    for name in ("horses", "humans"):
+        (root / name).mkdir(parents=True)
+        for path in sorted((horses_or_humans / name).glob("*.png"))[:24]:
+            shutil.copy(path, root / name / path.name)
+    return load_folder(root, val_split=0.25, seed=0)
+
+
+def run_job(tmp_path, data, model=SMALL, settings=None, events=None):
+    job = TrainingJob(data, model, settings or TrainConfig(epochs=2, batch_size=8, seed=1), runs_dir=tmp_path / "runs",
+                      work_dir=tmp_path / "work", on_event=None if events is None else events.append)
+    state = job.run()
+    assert state.status == runs.FINISHED, state.message
+    return job
+
+
+def extraction_events(events):
+    return [e for e in events if e["type"] == "progress" and e["phase"] == training.PHASE_EXTRACTING]
+
+
+def classic_predictions(config, settings, dataset):
+    """Trains the whole model the classic way (frozen backbone inside, fitted on images) and predicts validation."""
+    body = build_body(config)
+    keras.utils.set_random_seed(settings.seed)
+    head = build_head(body.output.shape[1:], 2, config)
+    model = assemble(body, head, config)
+    compile_for(model, 2, settings.resolved())
+    size = config.resolved().input_size
+    train_images = np.concatenate([x for x, _ in image_dataset(dataset.train, size, 64)])
+    labels = np.asarray([y for _, y in dataset.train], dtype="int32")
+    model.fit(FeatureBatches(train_images, labels, settings.batch_size, settings.seed), epochs=settings.epochs, verbose=0)
+    validation = np.concatenate([x for x, _ in image_dataset(dataset.validation, size, 64)])
+    return model.predict(validation, verbose=0), validation
+
+
+# The folded backbone -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        ModelConfig(backbone="mobilenet_v2", alpha=0.35, input_size=96, cut_layer="block_12_add"),
+        ModelConfig(backbone="inception_v3", input_size=75, cut_layer="mixed2", weights="none"),
+        ModelConfig(backbone="efficientnet_b0", input_size=64, cut_layer="block3b_add", weights="none"),
+    ],
+    ids=["mobilenet_v2", "inception_v3", "efficientnet_b0"],
+)
+def test_folded_batch_norm_gives_the_bodys_own_features(config, real_weights):
+    body = build_body(config)
+    folded = FeatureExtractor(body, config, ("map", "avg", "max"), map_dtype="float32")
+    plain = FeatureExtractor(body, config, ("map", "avg", "max"), map_dtype="float32", fold=False)
+    assert folded.folded and not plain.folded
+    size = config.resolved().input_size
+    batch = np.random.default_rng(0).uniform(0, 255, (3, size, size, 3)).astype("float32")
+    ours, theirs = folded(batch), plain(batch)
+    scale = np.abs(theirs["map"]).max()
+    for name in ("map", "avg", "max"):
+        np.testing.assert_allclose(ours[name], theirs[name], rtol=1e-3, atol=1e-4 * scale)
+    np.testing.assert_allclose(ours["avg"], theirs["map"].mean(axis=(1, 2)), rtol=1e-4, atol=1e-5 * scale)
+
+
+def test_a_cut_at_a_convolution_keeps_its_output_unnormalised(real_weights):
+    # `Conv_1` is followed by `Conv_1_bn` in the whole network, but the cut leaves that out.
+    config = ModelConfig(backbone="mobilenet_v2", alpha=0.35, input_size=96, cut_layer="Conv_1")
+    body = build_body(config)
+    assert "Conv_1_bn" not in [layer.name for layer in body.layers]
+    folded = FeatureExtractor(body, config, ("map",), map_dtype="float32")
+    plain = FeatureExtractor(body, config, ("map",), map_dtype="float32", fold=False)
+    batch = np.random.default_rng(1).uniform(0, 255, (2, 96, 96, 3)).astype("float32")
+    reference = plain(batch)["map"]
+    assert folded.folded
+    np.testing.assert_allclose(folded(batch)["map"], reference, rtol=1e-3, atol=1e-4 * np.abs(reference).max())
+
+
+# The fast path equals the classic path --------------------------------------------------------
+
+
+@pytest.mark.parametrize("pooling", ["avg", "max", "flatten"])
+def test_fast_path_predicts_like_the_classic_path_for_every_pooling(pooling, small_dataset, real_weights, tmp_path, monkeypatch):
+    if pooling == "flatten":
+        # Streams the Flatten head's features from disk, as for a cut too large for memory.
+        monkeypatch.setattr(features, "IN_MEMORY_BYTES", 1)
+    config = ModelConfig(**{**SMALL.to_dict(), "pooling": pooling})
+    settings = TrainConfig(epochs=3, batch_size=8, seed=3)
+    fed = []
+    original = FeatureBatches.__init__
+    monkeypatch.setattr(FeatureBatches, "__init__", lambda self, x, *a: fed.append(type(x)) or original(self, x, *a))
+    job = run_job(tmp_path, small_dataset, config, settings)
+    ours_model = runs.load_model(job.run_dir)
+    monkeypatch.setattr(FeatureBatches, "__init__", original)
+    theirs, validation = classic_predictions(config, settings, small_dataset)
+    ours = ours_model.predict(validation, verbose=0)
+    np.testing.assert_allclose(ours, theirs, atol=0.02)
+    assert np.array_equal(ours > 0.5, theirs > 0.5)
+    assert fed[:2] == ([DiskRows, DiskRows] if pooling == "flatten" else [np.ndarray, np.ndarray])
+
+
+# What the cache keeps and reuses --------------------------------------------------------------
+
+
+def test_pooled_features_are_cached_beside_the_map_and_reused_for_any_pooling(small_dataset, real_weights, tmp_path):
+    run_job(tmp_path, small_dataset)
+    cache = FeatureCache(tmp_path / "work" / "features")
+    names = sorted(path.stem for path in cache.entries())
+    maps = [name for name in names if "-" not in name]
+    assert len(maps) == 2 and sorted(names) == sorted(m + suffix for m in maps for suffix in ("", "-avg", "-max"))
+    for key in maps:
+        full, averaged = cache.get(key), cache.get(variant_key(key, "avg"))
+        assert full.dtype == averaged.dtype == np.float16 and averaged.shape == (full.shape[0], full.shape[-1])
+        np.testing.assert_allclose(averaged, full.astype("float32").mean(axis=(1, 2)), rtol=2e-3, atol=2e-3)
+    for pooling in ("max", "flatten"):
+        events = []
+        run_job(tmp_path, small_dataset, ModelConfig(**{**SMALL.to_dict(), "pooling": pooling}), events=events)
+        assert extraction_events(events) and all(e.get("cached") for e in extraction_events(events))
+
+
+def test_pooled_features_are_made_from_a_cached_map_without_the_backbone(small_dataset, real_weights, tmp_path, monkeypatch):
+    run_job(tmp_path, small_dataset)
+    cache = FeatureCache(tmp_path / "work" / "features")
+    for path in cache.entries():
+        if path.stem.endswith("-max"):
+            path.unlink()
+    monkeypatch.setattr(training, "cached_extractor", lambda *args: pytest.fail("the backbone ran again"))
+    events = []
+    run_job(tmp_path, small_dataset, ModelConfig(**{**SMALL.to_dict(), "pooling": "max"}), events=events)
+    assert all(e.get("cached") for e in extraction_events(events))
+    assert len([p for p in cache.entries() if p.stem.endswith("-max")]) == 2
+
+
+def test_random_weights_never_reuse_features(small_dataset, tmp_path):
+    config = ModelConfig(**{**SMALL.to_dict(), "weights": "none"})
+    run_job(tmp_path, small_dataset, config)
+    events = []
+    run_job(tmp_path, small_dataset, config, events=events)
+    assert not any(e.get("cached") for e in extraction_events(events))
+
+
+def test_writing_past_the_size_bound_evicts_the_least_recently_used_but_never_entries_in_use(tmp_path):
+    entry_bytes = 128 + 1000 * 4 * 2  # header and 4,000 float16 values
+    cache = FeatureCache(tmp_path / "cache", max_bytes=3 * entry_bytes)
+    for index in range(6):
+        writer = cache.create(f"entry{index}", (1000, 4))
+        writer.write(np.ones((1000, 4)))
+        writer.commit(keep={"entry0"} if index < 5 else {"entry0", "entry1"})
+        # Distinct times of use, oldest first, so the order does not hang on the clock's resolution.
+        os.utime(cache.folder / f"entry{index}.npy", (1000 + index, 1000 + index))
+        assert cache.size() <= cache.max_bytes
+    assert sorted(p.stem for p in cache.entries()) == ["entry0", "entry4", "entry5"]
+
+
+def test_disk_rows_read_the_rows_asked_for_without_mapping_the_file(tmp_path):
+    cache = FeatureCache(tmp_path / "cache")
+    values = np.random.default_rng(0).normal(size=(50, 3, 2)).astype("float16")
+    writer = cache.create("rows", values.shape)
+    writer.write(values[:20])
+    writer.write(values[20:])
+    stored = writer.commit()
+    rows = training_array(stored, max_bytes=10)
+    assert isinstance(rows, DiskRows) and len(rows) == 50 and rows.shape == values.shape
+    picked = np.array([0, 1, 2, 7, 30, 31, 49])
+    np.testing.assert_array_equal(rows[picked], values[picked])
+    np.testing.assert_array_equal(rows[5:9], values[5:9])
+    (cache.folder / "rows.npy").unlink()  # evicted meanwhile: the open file still reads
+    np.testing.assert_array_equal(rows[[3]], values[[3]])
+    in_memory = training_array(np.array(stored))
+    assert isinstance(in_memory, np.ndarray) and in_memory.dtype == np.float32
+
+
+# Kept bodies and image checks ------------------------------------------------------------------
+
+
+def test_a_body_is_kept_per_backbone_cut_and_weights_file(real_weights):
+    forget_bodies()
+    config = SMALL.resolved()
+    first = cached_body(config)
+    assert cached_body(ModelConfig(**{**SMALL.to_dict(), "dense_units": (4,), "dropout": 0.3})) is first
+    assert cached_body(ModelConfig(**{**SMALL.to_dict(), "cut_layer": "block_12_add"})) is not first
+    weights = next((real_weights / "models").glob("*.h5"))
+    info = weights.stat()
+    os.utime(weights, ns=(info.st_atime_ns, info.st_mtime_ns + 10**9))
+    assert cached_body(config) is not first
+    random = ModelConfig(**{**SMALL.to_dict(), "weights": "none"})
+    assert cached_body(random) is not cached_body(random)
+    forget_bodies()
+
+
+def test_image_checks_are_remembered_until_a_file_changes(tmp_path, horses_or_humans, monkeypatch):
+    root = tmp_path / "data"
+    for name in ("horses", "humans"):
+        shutil.copytree(horses_or_humans / name, root / name)
+    work = tmp_path / "work"
+    first = load_dataset(root, work_dir=work)
+    checked = []
+    real_check = images.check_image
+    monkeypatch.setattr(images, "check_image", lambda path: checked.append(path) or real_check(path))
+    stages = []
+    assert load_dataset(root, work_dir=work, progress=lambda *event: stages.append(event)) == first
+    assert checked == [] and ("checking", 300, 300) in stages
+    edited = sorted((root / "horses").glob("*.png"))[0]
+    edited.write_bytes(b"not an image any more")
+    again = load_dataset(root, work_dir=work)
+    assert checked == [edited]
+    assert [s.path for s in again.skipped] == [f"horses/{edited.name}"]
+    assert datasets.ImageChecks.MIN_IMAGES <= 300
+
+
+# Cached augmented views ---------------------------------------------------------------------------
+
+
+def test_cached_augmented_views_are_extracted_once_and_cycled_through(small_dataset, real_weights, tmp_path):
+    settings = TrainConfig(epochs=3, batch_size=8, seed=2, augment=True, augment_views=2)
+    events = []
+    job = run_job(tmp_path, small_dataset, settings=settings, events=events)
+    splits = {e["split"] for e in extraction_events(events)}
+    assert splits == {"train, view 1", "train, view 2", "validation"}
+    assert runs.load_model(job.run_dir).predict(np.zeros((1, 120, 80, 3)), verbose=0).shape == (1, 1)
+    cache = FeatureCache(tmp_path / "work" / "features")
+    view_keys = [p.stem for p in cache.entries()]
+    assert len(view_keys) == len(set(view_keys))
+    events = []
+    run_job(tmp_path, small_dataset, ModelConfig(**{**SMALL.to_dict(), "dense_units": (8,)}), settings, events)
+    assert all(e.get("cached") for e in extraction_events(events))
+
+
+def test_views_are_augmented_differently_and_batches_switch_view_each_epoch():
+    views = [np.full((4, 2), v, dtype="float32") for v in range(3)]
+    batches = ViewBatches(views, np.zeros(4, "int32"), 4, seed=0)
+    seen = []
+    for _ in range(4):
+        seen.append(float(batches[0][0][0, 0]))
+        batches.on_epoch_end()
+    assert seen == [0.0, 1.0, 2.0, 0.0]
+
+
+def test_augment_views_setting_is_checked():
+    with pytest.raises(Exception, match="augmented views"):
+        TrainConfig(augment=True, augment_views=-1).resolved()
+    assert TrainConfig.from_dict(TrainConfig(augment_views=3).to_dict()).augment_views == 3
