@@ -492,6 +492,10 @@ class TrainingJob:
         if key["weights"] == "none":
             # Random weights differ from one build to the next: never reuse their features.
             key["body"] = self._body_nonce
+        elif key["weights"] != "imagenet":
+            # A weights file of the user's may be replaced under the same name.
+            identity = _weights_identity(self.model_config)
+            key["weights_file"] = identity[1:] if identity else None
         return key
 
     def _features(self, body, items, split: str, variant: str = MAP, view: int | None = None):
