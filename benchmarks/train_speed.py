@@ -94,6 +94,7 @@ def main():
     seconds: dict[str, float] = {}
     cpu: dict[str, float] = {}
     accuracy: dict[str, float] = {}
+    histories: dict[str, list[float]] = {}
     notes: dict[str, str] = {}
 
     # Raw forward throughput on random tensors --------------------------------------------------
@@ -154,7 +155,9 @@ def main():
             )
             validation = image_dataset(dataset.validation, size, train_config.batch_size)
             history = model.fit(train, validation_data=validation, epochs=train_config.epochs, verbose=0)
-        accuracy["classic" + (" + augmentation" if augment else "")] = history.history["val_accuracy"][-1]
+        name = "classic" + (" + augmentation" if augment else "")
+        accuracy[name] = history.history["val_accuracy"][-1]
+        histories[name] = history.history["val_accuracy"]
 
     # tlcore: a training job from the loaded dataset to the saved model -------------------------
     def tlcore(name: str, config: ModelConfig, settings: TrainConfig, fresh: bool):
@@ -166,6 +169,7 @@ def main():
         if state.status != "finished":
             raise SystemExit(f"{name} {state.status}: {state.message}")
         accuracy[name] = state.history["val_accuracy"][-1]
+        histories[name] = state.history["val_accuracy"]
         notes[name] = ", ".join(f"{phase} {value:.1f}s" for phase, value in state.phase_seconds.items())
 
     if not args.skip_classic:
@@ -204,6 +208,10 @@ def main():
         ["path", "seconds", "CPU s", "val acc", "x classic", "x floor", "CPU x classic", "CPU x floor", "tlcore phases (wall)"],
         rows,
         title=f"Training, {train_config.epochs} epochs ({n_train} + {n_val} images); floor = {floor_name}",
+    )
+    print_table(
+        ["validation accuracy by epoch", *[str(e + 1) for e in range(max(len(h) for h in histories.values()))]],
+        [[name, *history] for name, history in histories.items()],
     )
     if "classic" in seconds:
         print(

@@ -18,7 +18,18 @@ import numpy as np
 
 from tlcore import runs
 from tlcore.errors import ModelConfigError, TransferLabError
-from tlcore.features import MAP, POOLED, FeatureCache, feature_key, folded_forward, pool, training_array, variant_key
+from tlcore.features import (
+    FEATURE_DTYPE,
+    MAP,
+    POOLED,
+    POOLED_DTYPE,
+    FeatureCache,
+    feature_key,
+    folded_forward,
+    pool,
+    training_array,
+    variant_key,
+)
 from tlcore.images import decode_file
 from tlcore.model import ModelConfig, assemble, build_body, build_head, check_num_classes
 
@@ -164,27 +175,37 @@ def image_dataset(items, input_size: int, batch_size: int, *, shuffle_seed: int 
 
 
 class FeatureBatches(keras.utils.PyDataset):
-    """Keras-ready batches of cached features, reshuffled every epoch with a fixed seed."""
+    """Keras-ready batches of cached features, reshuffled every epoch with a fixed seed.
+
+    With a seed, the epochs visit the examples in the very orders a `tf.data` pipeline shuffled
+    with that seed visits them (as `image_dataset(..., shuffle_seed=seed)` does), so training
+    on cached features takes the same steps as the classic training on images.
+    """
 
     def __init__(self, features, labels, batch_size: int, seed: int | None):
         super().__init__()
         self.features, self.labels, self.batch_size, self.seed = features, labels, batch_size, seed
-        self.rng = np.random.default_rng(seed)
         self.order = np.arange(len(labels))
-        if seed is not None:
-            self.rng.shuffle(self.order)
+        self._orders = None
+        if seed is not None and len(labels):
+            import tensorflow as tf
+
+            count = len(labels)
+            shuffled = tf.data.Dataset.range(count).shuffle(count, seed=seed, reshuffle_each_iteration=True)
+            self._orders = iter(shuffled.batch(count).repeat())
+            self.order = next(self._orders).numpy()
 
     def __len__(self):
         return math.ceil(len(self.labels) / self.batch_size)
 
     def __getitem__(self, index):
-        # Sorted indices read the memory-mapped file in order.
+        # Sorted indices read the cached features in file order.
         picked = np.sort(self.order[index * self.batch_size : (index + 1) * self.batch_size])
         return np.asarray(self.features[picked], dtype="float32"), self.labels[picked]
 
     def on_epoch_end(self):
-        if self.seed is not None:
-            self.rng.shuffle(self.order)
+        if self._orders is not None:
+            self.order = next(self._orders).numpy()
 
 
 class ViewBatches(FeatureBatches):
@@ -527,11 +548,13 @@ class TrainingJob:
                 self._emit("progress", phase=PHASE_EXTRACTING, split=split, done=len(paths), total=len(paths), cached=True)
                 return self._pool_cached(cache, key, maps, variant)
         store = {variant, *POOLED}
-        map_bytes = len(paths) * math.prod(map_shape) * np.dtype(np.float16).itemsize
+        map_bytes = len(paths) * math.prod(map_shape) * np.dtype(FEATURE_DTYPE).itemsize
         if map_bytes <= cache.max_bytes // 4 and view is None:
             store.add(MAP)
         shapes = {v: (len(paths), *(map_shape if v == MAP else map_shape[-1:])) for v in store}
-        writers = {v: cache.create(variant_key(key, v), shapes[v]) for v in sorted(store)}
+        writers = {
+            v: cache.create(variant_key(key, v), shapes[v], FEATURE_DTYPE if v == MAP else POOLED_DTYPE) for v in sorted(store)
+        }
         started = time.perf_counter()
         done = 0
         try:
@@ -555,7 +578,7 @@ class TrainingJob:
 
     def _pool_cached(self, cache: FeatureCache, key: str, maps, variant: str):
         """Pools cached feature maps in chunks, without running the backbone again."""
-        writer = cache.create(variant_key(key, variant), (len(maps), maps.shape[-1]))
+        writer = cache.create(variant_key(key, variant), (len(maps), maps.shape[-1]), POOLED_DTYPE)
         try:
             for start in range(0, len(maps), 256):
                 writer.write(pool(maps[start : start + 256], variant))
