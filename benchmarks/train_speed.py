@@ -41,6 +41,8 @@ def parse_args():
     parser.add_argument("--optimizer", default="adam")
     parser.add_argument("--learning-rate", type=float, default=0.001)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seeds", type=int, default=1,
+                        help="also train classic and tlcore with the next N-1 seeds, to compare accuracy beyond one seed's luck")
     parser.add_argument("--augment", action="store_true", help="also compare training with augmentation")
     parser.add_argument("--views", type=int, default=3, help="cached augmented views per image (with --augment)")
     parser.add_argument("--skip-classic", action="store_true", help="leave out the classic runs (quick checks)")
@@ -142,20 +144,20 @@ def main():
     del folded, keras_forward
 
     # The classic pipeline: model.fit on images, backbone inside, every epoch ---------------------
-    def classic(augment: bool):
-        with stopwatch(seconds, "classic" + (" + augmentation" if augment else ""), cpu):
+    def classic(augment: bool, settings=train_config, label: str | None = None):
+        name = label or "classic" + (" + augmentation" if augment else "")
+        with stopwatch(seconds, name, cpu):
             classic_body = build_body(model_config)
-            keras.utils.set_random_seed(train_config.seed)
+            keras.utils.set_random_seed(settings.seed)
             head = build_head(classic_body.output.shape[1:], len(dataset.classes), model_config)
             model = assemble(classic_body, head, model_config)
             compile_for(model, len(dataset.classes), train_config)
             train = image_dataset(
-                dataset.train, size, train_config.batch_size, shuffle_seed=train_config.seed,
-                augment=augmenter(train_config.seed) if augment else None,
+                dataset.train, size, settings.batch_size, shuffle_seed=settings.seed,
+                augment=augmenter(settings.seed) if augment else None,
             )
-            validation = image_dataset(dataset.validation, size, train_config.batch_size)
-            history = model.fit(train, validation_data=validation, epochs=train_config.epochs, verbose=0)
-        name = "classic" + (" + augmentation" if augment else "")
+            validation = image_dataset(dataset.validation, size, settings.batch_size)
+            history = model.fit(train, validation_data=validation, epochs=settings.epochs, verbose=0)
         accuracy[name] = history.history["val_accuracy"][-1]
         histories[name] = history.history["val_accuracy"]
 
@@ -190,7 +192,14 @@ def main():
                 dataclasses.replace(train_config, augment=True, augment_views=args.views), fresh=False,
             )
 
+    for seed in range(args.seed + 1, args.seed + args.seeds):
+        settings = dataclasses.replace(train_config, seed=seed)
+        if not args.skip_classic:
+            classic(augment=False, settings=settings, label=f"classic, seed {seed}")
+        tlcore(f"tlcore, seed {seed}", model_config, settings, fresh=False)
+
     # Report ------------------------------------------------------------------------------------
+    extra = {name: seconds.pop(name) for name in list(seconds) if ", seed " in name}
     rows = []
     floor_cpu = cpu[floor_name]
     for name, value in seconds.items():
@@ -221,6 +230,20 @@ def main():
             f"val accuracy tlcore {accuracy['tlcore']:.4f} vs classic {accuracy['classic']:.4f} "
             f"({(accuracy['tlcore'] - accuracy['classic']) * 100:+.2f} points)"
         )
+    if args.seeds > 1:
+        seeds = list(range(args.seed, args.seed + args.seeds))
+        names = {"classic": ["classic"] + [f"classic, seed {s}" for s in seeds[1:]],
+                 "tlcore": ["tlcore"] + [f"tlcore, seed {s}" for s in seeds[1:]]}
+        rows = [[seed, *(accuracy.get(names[path][i]) for path in ("classic", "tlcore"))] for i, seed in enumerate(seeds)]
+        found = {path: [accuracy[n] for n in names[path] if n in accuracy] for path in names}
+        means = {path: float(np.mean(values)) if values else None for path, values in found.items()}
+        rows.append(["mean", means["classic"], means["tlcore"]])
+        rows.append(["std", *(float(np.std(found[p])) if found[p] else None for p in ("classic", "tlcore"))])
+        print_table(["seed", "classic val acc", "tlcore val acc"], rows,
+                    title=f"Final validation accuracy over {args.seeds} seeds (later seeds' tlcore runs reuse the cached features)")
+        if means["classic"] is not None:
+            print(f"mean val accuracy tlcore - classic = {(means['tlcore'] - means['classic']) * 100:+.2f} points")
+        print("later seeds took: " + ", ".join(f"{k} {v:.1f}s" for k, v in extra.items()))
     extraction = len(everything) / seconds[f"floor, tlcore extraction (batch {EXTRACTION_BATCH})"]
     for name in ("Keras body", "tlcore (folded)"):
         rate = raw[(name, EXTRACTION_BATCH)]

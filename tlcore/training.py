@@ -175,37 +175,27 @@ def image_dataset(items, input_size: int, batch_size: int, *, shuffle_seed: int 
 
 
 class FeatureBatches(keras.utils.PyDataset):
-    """Keras-ready batches of cached features, reshuffled every epoch with a fixed seed.
-
-    With a seed, the epochs visit the examples in the very orders a `tf.data` pipeline shuffled
-    with that seed visits them (as `image_dataset(..., shuffle_seed=seed)` does), so training
-    on cached features takes the same steps as the classic training on images.
-    """
+    """Keras-ready batches of cached features, reshuffled every epoch with a fixed seed."""
 
     def __init__(self, features, labels, batch_size: int, seed: int | None):
         super().__init__()
         self.features, self.labels, self.batch_size, self.seed = features, labels, batch_size, seed
+        self.rng = np.random.default_rng(seed)
         self.order = np.arange(len(labels))
-        self._orders = None
-        if seed is not None and len(labels):
-            import tensorflow as tf
-
-            count = len(labels)
-            shuffled = tf.data.Dataset.range(count).shuffle(count, seed=seed, reshuffle_each_iteration=True)
-            self._orders = iter(shuffled.batch(count).repeat())
-            self.order = next(self._orders).numpy()
+        if seed is not None:
+            self.rng.shuffle(self.order)
 
     def __len__(self):
         return math.ceil(len(self.labels) / self.batch_size)
 
     def __getitem__(self, index):
-        # Sorted indices read the cached features in file order.
+        # Sorted indices read features on disk in file order.
         picked = np.sort(self.order[index * self.batch_size : (index + 1) * self.batch_size])
         return np.asarray(self.features[picked], dtype="float32"), self.labels[picked]
 
     def on_epoch_end(self):
-        if self._orders is not None:
-            self.order = next(self._orders).numpy()
+        if self.seed is not None:
+            self.rng.shuffle(self.order)
 
 
 class ViewBatches(FeatureBatches):
