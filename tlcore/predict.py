@@ -110,6 +110,12 @@ class Predictor:
             lambda images: model(images, training=False),
             input_signature=[tf.TensorSpec([None, height, width, 3], tf.float32)],
         )
+        # A single image (the usual request) is resized inside the same call: one trip into
+        # TensorFlow instead of four eager operations around the model.
+        self._forward_one = tf.function(
+            lambda image: model(self.resize(image)[None], training=False),
+            input_signature=[tf.TensorSpec([None, None, 3], tf.uint8)],
+        )
 
     @classmethod
     def from_run(cls, run_dir: str | Path) -> "Predictor":
@@ -146,7 +152,10 @@ class Predictor:
         """
         import tensorflow as tf
 
-        output = self._forward(tf.convert_to_tensor(images, tf.float32)).numpy().astype("float64")
+        return self._probabilities(self._forward(tf.convert_to_tensor(images, tf.float32)))
+
+    def _probabilities(self, output) -> np.ndarray:
+        output = output.numpy().astype("float64")
         if self.binary:
             positive = output[:, 0]
             return np.stack([1.0 - positive, positive], axis=1)
@@ -175,8 +184,11 @@ class Predictor:
         step = max(1, int(batch_size))
         predictions: list[Prediction] = []
         for start in range(0, len(images), step):
-            batch = tf.stack([self.resize(load_array(image)) for image in images[start : start + step]])
-            rows = self.class_probabilities(batch)
+            chunk = images[start : start + step]
+            if len(chunk) == 1:
+                rows = self._probabilities(self._forward_one(tf.convert_to_tensor(load_array(chunk[0]))))
+            else:
+                rows = self.class_probabilities(tf.stack([self.resize(load_array(image)) for image in chunk]))
             predictions += [Prediction.from_vector(self.labels, row) for row in rows]
         return predictions
 

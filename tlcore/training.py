@@ -671,7 +671,8 @@ class FeatureExtractor:
     def __call__(self, images) -> dict[str, np.ndarray]:
         import tensorflow as tf
 
-        return {name: value.numpy() for name, value in self._extract(tf.convert_to_tensor(images, tf.float32)).items()}
+        images = tf.cast(tf.convert_to_tensor(images), tf.float32)
+        return {name: value.numpy() for name, value in self._extract(images).items()}
 
 
 def _same_features(forward, body, preprocess, size: int) -> bool:
