@@ -4,12 +4,16 @@ In one process, on the same data, split and settings:
 
 - classic: `keras` `model.fit` on images streamed through `tf.data`, the frozen backbone
   inside the model, so it runs over every image in every epoch (the TensorFlow tutorial);
-- tlcore: a `TrainingJob` from the loaded dataset to the saved model (extraction, head
-  training, saving), with an empty feature cache;
+- tlcore: a `TrainingJob` from the loaded dataset to the saved model (building the body,
+  extraction, head training, saving), cold: an empty feature cache and no body kept in memory;
 - tlcore again with only head settings changed, reusing the cached features;
 - the floor: one forward pass of the cut backbone over all training and validation images,
   decoding included, timed warm (once as Keras runs the body, once as tlcore runs it);
 - raw forward throughput of the backbone on random tensors of the same shape.
+
+The floor, tlcore's cold run and the raw forward are each measured `--repeats` times,
+interleaved, and the best of each is compared: a shared machine has slow spells, and
+interleaving keeps one from favouring either side.
 
 Usage:
     python benchmarks/train_speed.py [DATA] [--epochs 10] [--per-class N] [--augment] ...
@@ -21,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import shutil
 import time
 
 from common import DATASETS, machine_line, print_table, private_keras_home, scratch_dir, stopwatch, subset
@@ -47,6 +52,8 @@ def parse_args():
     parser.add_argument("--views", type=int, default=3, help="cached augmented views per image (with --augment)")
     parser.add_argument("--skip-classic", action="store_true", help="leave out the classic runs (quick checks)")
     parser.add_argument("--raw-images", type=int, default=192, help="images per timing of the raw forward throughput")
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="times the floor, the raw forward and tlcore's cold training are measured, interleaved; the best is kept")
     return parser.parse_args()
 
 
@@ -106,42 +113,50 @@ def main():
     keras_forward = tf.function(lambda images: body(preprocess(images), training=False), input_signature=[spec])
     folded = FeatureExtractor(body, model_config, ("map",), map_dtype="float32")
     folded_forward = lambda images: folded._extract(images)["map"]  # noqa: E731
-    raw = {}
-    for name, forward in (("Keras body", keras_forward), ("tlcore (folded)", folded_forward)):
-        for batch in sorted({EXTRACTION_BATCH, 32}):
-            images = tf.random.uniform((batch, size, size, 3), 0, 255, seed=1)
-            forward(images).numpy()
-            calls = max(1, args.raw_images // batch)
-            best = float("inf")
-            for _ in range(3):
+    raw: dict[tuple[str, int], float] = {}
+
+    def measure_raw(forwards):
+        """Raw throughput on random tensors; keeps the best rate seen for each forward and batch."""
+        for name, forward in forwards.items():
+            for batch in sorted({EXTRACTION_BATCH, 32}):
+                images = tf.random.uniform((batch, size, size, 3), 0, 255, seed=1)
+                forward(images).numpy()
+                calls = max(1, args.raw_images // batch)
                 start = time.perf_counter()
                 for _ in range(calls):
                     forward(images).numpy()
-                best = min(best, time.perf_counter() - start)
-            raw[(name, batch)] = batch * calls / best
+                rate = batch * calls / (time.perf_counter() - start)
+                raw[(name, batch)] = max(rate, raw.get((name, batch), 0.0))
+
+    forwards = {"Keras body": keras_forward, "tlcore (folded)": folded_forward}
+    measure_raw(forwards)
     print_table(
         ["forward on random tensors", "batch", "images/s"],
         [[name, batch, rate] for (name, batch), rate in raw.items()],
-        title="Raw forward throughput of the cut backbone (best of 3)",
+        title="Raw forward throughput of the cut backbone (first measurement)",
     )
 
     # The floor: one warm pass over every image, decoding included -------------------------------
     everything = dataset.train + dataset.validation
+    keras_floor = "floor, Keras body (batch 32)"
+    extraction_name = f"floor, tlcore extraction (batch {EXTRACTION_BATCH})"
+    trials: dict[str, list[float]] = {}
 
     def one_pass(forward, batch):
         for images, _ in image_dataset(everything, size, batch):
             forward(images).numpy()
 
-    one_pass(keras_forward, 32)  # warms the file cache and tf.data, so both floors read the same way
-    with stopwatch(seconds, "floor, Keras body (batch 32)", cpu):
-        one_pass(keras_forward, 32)
-    with stopwatch(seconds, f"floor, tlcore extraction (batch {EXTRACTION_BATCH})", cpu):
-        one_pass(folded_forward, EXTRACTION_BATCH)
-    floor_name = min(
-        ("floor, Keras body (batch 32)", f"floor, tlcore extraction (batch {EXTRACTION_BATCH})"), key=seconds.get
-    )
-    floor = seconds[floor_name]
-    del folded, keras_forward
+    def best_of(name, block):
+        """Runs `block` timed; `seconds[name]` and `cpu[name]` keep the fastest run."""
+        timed, timed_cpu = {}, {}
+        with stopwatch(timed, name, timed_cpu):
+            block()
+        trials.setdefault(name, []).append(timed[name])
+        if timed[name] <= seconds.get(name, float("inf")):
+            seconds[name], cpu[name] = timed[name], timed_cpu[name]
+
+    one_pass(keras_forward, 32)  # warms the file cache and tf.data, so every pass reads the same way
+    best_of(keras_floor, lambda: one_pass(keras_forward, 32))
 
     # The classic pipeline: model.fit on images, backbone inside, every epoch ---------------------
     def classic(augment: bool, settings=train_config, label: str | None = None):
@@ -162,21 +177,40 @@ def main():
         histories[name] = history.history["val_accuracy"]
 
     # tlcore: a training job from the loaded dataset to the saved model -------------------------
+    warm: dict[str, object] = {}
+
     def tlcore(name: str, config: ModelConfig, settings: TrainConfig, fresh: bool):
         if fresh:
+            # Cold: no kept body, an empty feature cache.
             forget_bodies()
-        job = TrainingJob(dataset, config, settings, runs_dir=work / "runs", work_dir=work / "tlcore")
-        with stopwatch(seconds, name, cpu):
+        folder = scratch_dir("tlcore") if fresh else warm["folder"]
+        job = TrainingJob(dataset, config, settings, runs_dir=work / "runs", work_dir=folder)
+        state = None
+
+        def run():
+            nonlocal state
             state = job.run()
+
+        best_of(name, run)
         if state.status != "finished":
             raise SystemExit(f"{name} {state.status}: {state.message}")
-        accuracy[name] = state.history["val_accuracy"][-1]
-        histories[name] = state.history["val_accuracy"]
-        notes[name] = ", ".join(f"{phase} {value:.1f}s" for phase, value in state.phase_seconds.items())
+        if seconds[name] == trials[name][-1]:
+            accuracy[name] = state.history["val_accuracy"][-1]
+            histories[name] = state.history["val_accuracy"]
+            notes[name] = ", ".join(f"{phase} {value:.1f}s" for phase, value in state.phase_seconds.items())
+        if fresh:
+            if "folder" in warm:
+                shutil.rmtree(warm["folder"])
+            warm["folder"] = folder  # the next, warm, runs reuse this one's feature cache
+
+    # Interleaved, so that a slow spell of a shared machine does not favour one side.
+    for _ in range(args.repeats):
+        best_of(extraction_name, lambda: one_pass(folded_forward, EXTRACTION_BATCH))
+        tlcore("tlcore", model_config, train_config, fresh=True)
+        measure_raw(forwards)
 
     if not args.skip_classic:
         classic(augment=False)
-    tlcore("tlcore", model_config, train_config, fresh=True)
     retrain = dataclasses.replace(model_config, dense_units=(64,), dropout=0.5)
     tlcore(
         "tlcore, head settings changed", retrain,
@@ -200,6 +234,18 @@ def main():
 
     # Report ------------------------------------------------------------------------------------
     extra = {name: seconds.pop(name) for name in list(seconds) if ", seed " in name}
+    floor_name = min((keras_floor, extraction_name), key=seconds.get)
+    floor = seconds[floor_name]
+    print_table(
+        ["forward on random tensors", "batch", "images/s"],
+        [[name, batch, rate] for (name, batch), rate in raw.items()],
+        title=f"Raw forward throughput of the cut backbone (best of {args.repeats + 1}, interleaved with the runs below)",
+    )
+    print_table(
+        ["measured repeatedly", "best s", "every run, s"],
+        [[name, min(values), "  ".join(f"{v:.1f}" for v in values)] for name, values in trials.items() if len(values) > 1],
+        title=f"Each measured {args.repeats} times, interleaved; the tables below use the best",
+    )
     rows = []
     floor_cpu = cpu[floor_name]
     for name, value in seconds.items():
@@ -244,7 +290,7 @@ def main():
         if means["classic"] is not None:
             print(f"mean val accuracy tlcore - classic = {(means['tlcore'] - means['classic']) * 100:+.2f} points")
         print("later seeds took: " + ", ".join(f"{k} {v:.1f}s" for k, v in extra.items()))
-    extraction = len(everything) / seconds[f"floor, tlcore extraction (batch {EXTRACTION_BATCH})"]
+    extraction = len(everything) / seconds[extraction_name]
     for name in ("Keras body", "tlcore (folded)"):
         rate = raw[(name, EXTRACTION_BATCH)]
         print(

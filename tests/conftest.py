@@ -45,6 +45,19 @@ def flowers() -> Path:
 
 
 @pytest.fixture(scope="session")
+def small_dataset(horses_or_humans, tmp_path_factory):
+    """24 horses and 24 humans from the real horse-or-human set, split 36 / 12."""
+    from tlcore.dataset import load_folder
+
+    root = tmp_path_factory.mktemp("small") / "horse-or-human"
+    for name in ("horses", "humans"):
+        (root / name).mkdir(parents=True)
+        for path in sorted((horses_or_humans / name).glob("*.png"))[:24]:
+            shutil.copy(path, root / name / path.name)
+    return load_folder(root, val_split=0.25, seed=0)
+
+
+@pytest.fixture(scope="session")
 def keras_home(tmp_path_factory) -> Path:
     """A temporary KERAS_HOME whose cache holds the real MobileNetV2 (alpha 0.35) weights."""
     weights = asset("weights", MOBILENET_WEIGHTS)

@@ -12,11 +12,10 @@ import pytest
 
 from tlcore import dataset as datasets
 from tlcore import features, images, runs, training
-from tlcore.dataset import load_dataset, load_folder
+from tlcore.dataset import load_dataset
 from tlcore.features import DiskRows, FeatureCache, training_array, variant_key
 from tlcore.model import ModelConfig, assemble, build_body, build_head
 from tlcore.training import (
-    FeatureBatches,
     FeatureExtractor,
     TrainConfig,
     TrainingJob,
@@ -28,17 +27,6 @@ from tlcore.training import (
 )
 
 SMALL = ModelConfig(backbone="mobilenet_v2", alpha=0.35, input_size=96, dense_units=(16,), dropout=0.0)
-
-
-@pytest.fixture(scope="module")
-def small_dataset(horses_or_humans, tmp_path_factory):
-    """24 horses and 24 humans from the real horse-or-human set."""
-    root = tmp_path_factory.mktemp("perf") / "horse-or-human"
-    for name in ("horses", "humans"):
-        (root / name).mkdir(parents=True)
-        for path in sorted((horses_or_humans / name).glob("*.png"))[:24]:
-            shutil.copy(path, root / name / path.name)
-    return load_folder(root, val_split=0.25, seed=0)
 
 
 def run_job(tmp_path, data, model=SMALL, settings=None, events=None):
@@ -61,9 +49,8 @@ def classic_predictions(config, settings, dataset):
     model = assemble(body, head, config)
     compile_for(model, 2, settings.resolved())
     size = config.resolved().input_size
-    train_images = np.concatenate([x for x, _ in image_dataset(dataset.train, size, 64)])
-    labels = np.asarray([y for _, y in dataset.train], dtype="int32")
-    model.fit(FeatureBatches(train_images, labels, settings.batch_size, settings.seed), epochs=settings.epochs, verbose=0)
+    train = image_dataset(dataset.train, size, settings.batch_size, shuffle_seed=settings.seed)
+    model.fit(train, epochs=settings.epochs, verbose=0)
     validation = np.concatenate([x for x, _ in image_dataset(dataset.validation, size, 64)])
     return model.predict(validation, verbose=0), validation
 
@@ -118,11 +105,10 @@ def test_fast_path_predicts_like_the_classic_path_for_every_pooling(pooling, sma
     config = ModelConfig(**{**SMALL.to_dict(), "pooling": pooling})
     settings = TrainConfig(epochs=3, batch_size=8, seed=3)
     fed = []
-    original = FeatureBatches.__init__
-    monkeypatch.setattr(FeatureBatches, "__init__", lambda self, x, *a: fed.append(type(x)) or original(self, x, *a))
+    original = training.feature_batches
+    monkeypatch.setattr(training, "feature_batches", lambda x, *a: fed.append(type(x)) or original(x, *a))
     job = run_job(tmp_path, small_dataset, config, settings)
     ours_model = runs.load_model(job.run_dir)
-    monkeypatch.setattr(FeatureBatches, "__init__", original)
     theirs, validation = classic_predictions(config, settings, small_dataset)
     ours = ours_model.predict(validation, verbose=0)
     np.testing.assert_allclose(ours, theirs, atol=0.02)

@@ -7,23 +7,12 @@ import keras
 import numpy as np
 import pytest
 
-from tlcore import runs
+from tlcore import features, runs
 from tlcore.dataset import Dataset, load_folder
-from tlcore.model import ModelConfig, assemble, build_body, build_head
-from tlcore.training import FeatureBatches, TrainConfig, TrainingJob, compile_for, image_dataset, train
+from tlcore.model import ModelConfig
+from tlcore.training import FeatureBatches, TrainConfig, TrainingJob, image_dataset, train
 
 SMALL = ModelConfig(backbone="mobilenet_v2", alpha=0.35, input_size=96, dense_units=(32,), dropout=0.2)
-
-
-@pytest.fixture(scope="module")
-def small_dataset(horses_or_humans, tmp_path_factory):
-    """40 horses and 40 humans from the real horse-or-human set."""
-    root = tmp_path_factory.mktemp("small") / "horse-or-human"
-    for name in ("horses", "humans"):
-        (root / name).mkdir(parents=True)
-        for path in sorted((horses_or_humans / name).glob("*.png"))[:40]:
-            shutil.copy(path, root / name / path.name)
-    return load_folder(root, val_split=0.25, seed=0)
 
 
 def run_job(tmp_path, data, model=SMALL, train_config=None, on_event=None):
@@ -76,29 +65,6 @@ def test_reloaded_model_keeps_class_order_and_predicts_identically(small_dataset
     assert (predicted == labels.numpy()).mean() >= 0.8
 
 
-def test_fast_path_predicts_like_end_to_end_training(small_dataset, real_weights, tmp_path):
-    config = ModelConfig(backbone="mobilenet_v2", alpha=0.35, input_size=96, dense_units=(16,), dropout=0.0)
-    settings = TrainConfig(epochs=3, batch_size=16, seed=3)
-    job = run_job(tmp_path, small_dataset, config, settings)
-    fast = runs.load_model(job.run_dir)
-
-    # The classic way: the whole model, frozen backbone inside, fitted on images, same batches.
-    body = build_body(config)
-    keras.utils.set_random_seed(settings.seed)
-    head = build_head(body.output.shape[1:], 2, config)
-    classic = assemble(body, head, config)
-    compile_for(classic, 2, settings.resolved())
-    images = np.concatenate([x for x, _ in image_dataset(small_dataset.train, 96, 64)])
-    labels = np.asarray([y for _, y in small_dataset.train], dtype="int32")
-    classic.fit(FeatureBatches(images, labels, settings.batch_size, settings.seed), epochs=settings.epochs, verbose=0)
-
-    validation = np.concatenate([x for x, _ in image_dataset(small_dataset.validation, 96, 64)])
-    ours, theirs = fast.predict(validation, verbose=0), classic.predict(validation, verbose=0)
-    # Features are cached as float16, so the two differ by rounding only.
-    np.testing.assert_allclose(ours, theirs, atol=0.02)
-    assert np.array_equal(ours > 0.5, theirs > 0.5)
-
-
 def test_second_run_with_new_head_settings_reuses_cached_features(small_dataset, real_weights, tmp_path):
     run_job(tmp_path, small_dataset)
     events = []
@@ -144,6 +110,7 @@ def test_failure_mid_training_keeps_finished_epochs(small_dataset, real_weights,
             raise MemoryError()
         return original(self, index)
 
+    monkeypatch.setattr(features, "IN_MEMORY_BYTES", 1)  # features stream from disk through FeatureBatches
     monkeypatch.setattr(FeatureBatches, "__getitem__", run_out_of_memory_after_two_epochs)
     record = lambda event: epochs_done.append(event) if event["type"] == "epoch" else None  # noqa: E731
     job = run_job(tmp_path, small_dataset, train_config=TrainConfig(epochs=5), on_event=record)
@@ -157,6 +124,7 @@ def test_failure_mid_training_keeps_finished_epochs(small_dataset, real_weights,
 
 def test_nan_loss_fails_with_advice(small_dataset, real_weights, tmp_path, monkeypatch):
     original = FeatureBatches.__getitem__
+    monkeypatch.setattr(features, "IN_MEMORY_BYTES", 1)  # features stream from disk through FeatureBatches
     monkeypatch.setattr(FeatureBatches, "__getitem__", lambda self, i: (original(self, i)[0] * np.nan, original(self, i)[1]))
     state = run_job(tmp_path, small_dataset).snapshot()
     assert state.status == runs.FAILED

@@ -299,7 +299,6 @@ def folded_forward(body):
         A function from preprocessed images to the body's output, or None when the body has
         nothing to fold or its graph cannot be read.
     """
-    import keras
     import tensorflow as tf
 
     try:

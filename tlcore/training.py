@@ -174,6 +174,23 @@ def image_dataset(items, input_size: int, batch_size: int, *, shuffle_seed: int 
     return data.prefetch(tf.data.AUTOTUNE)
 
 
+def feature_batches(features, labels, batch_size: int, seed: int | None):
+    """Batches of cached features for `fit`, reshuffled every epoch when `seed` is given.
+
+    Features in memory go through `tf.data`, which shuffles and batches without a Python call
+    per batch, in the same order as `image_dataset` gives the images; features read from disk
+    go through `FeatureBatches`.
+    """
+    import tensorflow as tf
+
+    if not isinstance(features, np.ndarray):
+        return FeatureBatches(features, labels, batch_size, seed)
+    data = tf.data.Dataset.from_tensor_slices((features, labels))
+    if seed is not None:
+        data = data.shuffle(len(labels), seed=seed, reshuffle_each_iteration=True)
+    return data.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
+
 class FeatureBatches(keras.utils.PyDataset):
     """Keras-ready batches of cached features, reshuffled every epoch with a fixed seed."""
 
@@ -475,12 +492,8 @@ class TrainingJob:
             if views:
                 train = ViewBatches([training_array(x) for x in train_x], train_y, batch, seed)
             else:
-                train = FeatureBatches(training_array(train_x), train_y, batch, seed)
-            self._fit(
-                trainable,
-                train,
-                FeatureBatches(training_array(val_x), val_y, max(batch, VALIDATION_BATCH), None),
-            )
+                train = feature_batches(training_array(train_x), train_y, batch, seed)
+            self._fit(trainable, train, feature_batches(training_array(val_x), val_y, max(batch, VALIDATION_BATCH), None))
         return assemble(body, head, self.model_config)
 
     def _train_end_to_end(self, body, dataset, num_classes: int):
