@@ -41,7 +41,10 @@ _keep_keras_between_reruns()
 KEEP = "keep."
 POLL_SECONDS = 1.0
 # TrainConfig fields shown as widgets on the Train page, each under the key KEEP + name.
-TRAIN_SETTINGS = ("epochs", "batch_size", "optimizer", "learning_rate", "augment", "early_stopping", "patience", "val_split", "seed")
+TRAIN_SETTINGS = (
+    "epochs", "batch_size", "optimizer", "learning_rate", "augment", "augment_views", "early_stopping", "patience",
+    "val_split", "seed",
+)
 
 
 def page_setup() -> None:

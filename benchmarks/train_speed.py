@@ -27,6 +27,7 @@ import argparse
 import dataclasses
 import shutil
 import time
+from pathlib import Path
 
 from common import DATASETS, machine_line, print_table, private_keras_home, scratch_dir, stopwatch, subset
 
@@ -50,8 +51,10 @@ def parse_args():
                         help="also train classic and tlcore with the next N-1 seeds, to compare accuracy beyond one seed's luck")
     parser.add_argument("--augment", action="store_true", help="also compare training with augmentation")
     parser.add_argument("--views", type=int, default=3, help="cached augmented views per image (with --augment)")
+    parser.add_argument("--augment-repeats", type=int, default=1,
+                        help="times the augmented runs are measured, interleaved; the best is kept")
     parser.add_argument("--skip-classic", action="store_true", help="leave out the classic runs (quick checks)")
-    parser.add_argument("--raw-images", type=int, default=192, help="images per timing of the raw forward throughput")
+    parser.add_argument("--raw-images", type=int, default=800, help="images per timing of the raw forward throughput")
     parser.add_argument("--repeats", type=int, default=3,
                         help="times the floor, the raw forward and tlcore's cold training are measured, interleaved; the best is kept")
     return parser.parse_args()
@@ -159,45 +162,50 @@ def main():
     best_of(keras_floor, lambda: one_pass(keras_forward, 32))
 
     # The classic pipeline: model.fit on images, backbone inside, every epoch ---------------------
+    def record(name: str, history: list[float], phases: dict | None = None) -> None:
+        """Keeps the accuracy of the run whose time `best_of` kept."""
+        if seconds[name] == trials[name][-1]:
+            accuracy[name] = history[-1]
+            histories[name] = history
+            if phases:
+                notes[name] = ", ".join(f"{phase} {value:.1f}s" for phase, value in phases.items())
+
     def classic(augment: bool, settings=train_config, label: str | None = None):
         name = label or "classic" + (" + augmentation" if augment else "")
-        with stopwatch(seconds, name, cpu):
+        fitted = {}
+
+        def run():
             classic_body = build_body(model_config)
             keras.utils.set_random_seed(settings.seed)
             head = build_head(classic_body.output.shape[1:], len(dataset.classes), model_config)
             model = assemble(classic_body, head, model_config)
-            compile_for(model, len(dataset.classes), train_config)
+            compile_for(model, len(dataset.classes), settings)
             train = image_dataset(
                 dataset.train, size, settings.batch_size, shuffle_seed=settings.seed,
                 augment=augmenter(settings.seed) if augment else None,
             )
             validation = image_dataset(dataset.validation, size, settings.batch_size)
-            history = model.fit(train, validation_data=validation, epochs=settings.epochs, verbose=0)
-        accuracy[name] = history.history["val_accuracy"][-1]
-        histories[name] = history.history["val_accuracy"]
+            fitted["history"] = model.fit(train, validation_data=validation, epochs=settings.epochs, verbose=0)
+
+        best_of(name, run)
+        record(name, fitted["history"].history["val_accuracy"])
 
     # tlcore: a training job from the loaded dataset to the saved model -------------------------
     warm: dict[str, object] = {}
 
-    def tlcore(name: str, config: ModelConfig, settings: TrainConfig, fresh: bool):
+    def tlcore(name: str, config: ModelConfig, settings: TrainConfig, fresh: bool, folder: Path | None = None):
+        """One training job; `fresh` makes it cold (no kept body, an empty feature cache)."""
         if fresh:
-            # Cold: no kept body, an empty feature cache.
             forget_bodies()
-        folder = scratch_dir("tlcore") if fresh else warm["folder"]
+            folder = scratch_dir("tlcore")
+        folder = folder or warm["folder"]
         job = TrainingJob(dataset, config, settings, runs_dir=work / "runs", work_dir=folder)
-        state = None
-
-        def run():
-            nonlocal state
-            state = job.run()
-
-        best_of(name, run)
+        finished = {}
+        best_of(name, lambda: finished.update(state=job.run()))
+        state = finished["state"]
         if state.status != "finished":
             raise SystemExit(f"{name} {state.status}: {state.message}")
-        if seconds[name] == trials[name][-1]:
-            accuracy[name] = state.history["val_accuracy"][-1]
-            histories[name] = state.history["val_accuracy"]
-            notes[name] = ", ".join(f"{phase} {value:.1f}s" for phase, value in state.phase_seconds.items())
+        record(name, state.history["val_accuracy"], state.phase_seconds)
         if fresh:
             if "folder" in warm:
                 shutil.rmtree(warm["folder"])
@@ -217,14 +225,17 @@ def main():
         dataclasses.replace(train_config, learning_rate=train_config.learning_rate / 2, optimizer="rmsprop"), fresh=False,
     )
     if args.augment:
-        if not args.skip_classic:
-            classic(augment=True)
-        tlcore("tlcore + augmentation", model_config, dataclasses.replace(train_config, augment=True), fresh=False)
-        if args.views:
-            tlcore(
-                f"tlcore + {args.views} cached augmented views", model_config,
-                dataclasses.replace(train_config, augment=True, augment_views=args.views), fresh=False,
-            )
+        augmented = dataclasses.replace(train_config, augment=True)
+        for _ in range(args.augment_repeats):
+            if not args.skip_classic:
+                classic(augment=True)
+            tlcore("tlcore + augmentation", model_config, augmented, fresh=False)
+            if args.views:
+                # Each time into an empty cache, so that the views are extracted every time.
+                views = scratch_dir("views")
+                tlcore(f"tlcore + {args.views} cached augmented views", model_config,
+                       dataclasses.replace(augmented, augment_views=args.views), fresh=False, folder=views)
+                shutil.rmtree(views)
 
     for seed in range(args.seed + 1, args.seed + args.seeds):
         settings = dataclasses.replace(train_config, seed=seed)

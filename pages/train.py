@@ -12,6 +12,7 @@ from tlcore.training import TrainConfig
 DEFAULTS = TrainConfig()
 BATCH_SIZES = [8, 16, 32, 64, 128]
 LEARNING_RATES = [0.00001, 0.00003, 0.0001, 0.0003, 0.001, 0.003, 0.01, 0.03, 0.1]
+AUGMENT_VIEWS = {0: "New every epoch (slow)", 3: "3 kept per image (fast)", 5: "5 kept per image", 10: "10 kept per image"}
 OPTIMIZERS = {"adam": "Adam (recommended)", "rmsprop": "RMSprop (the classic lab)", "sgd": "SGD (plain gradient descent)"}
 
 
@@ -146,18 +147,32 @@ with st.container(border=True):
         help="Shows the model randomly flipped, rotated, zoomed and shifted copies, so it copes with new "
         "pictures better.",
     )
-    early_stopping = row[1].checkbox(
+    kept = st.session_state[ui.KEEP + "augment_views"]  # a past run's setting may be none of the usual ones
+    augment_views = row[1].selectbox(
+        "Copies", sorted({*AUGMENT_VIEWS, kept}), format_func=lambda n: AUGMENT_VIEWS.get(n, f"{n} kept per image"),
+        key="keep.augment_views",
+        disabled=busy or not augment,
+        help="New copies every epoch give the most variety but run the whole backbone on every image in "
+        "every epoch. A few copies per image, made once and kept, train several times faster.",
+    )
+    early_stopping = row[2].checkbox(
         "Stop early", key="keep.early_stopping", disabled=busy,
         help="Ends training when validation loss stops improving, and keeps the best epoch.",
     )
-    patience = row[2].number_input(
+    patience = row[3].number_input(
         "Patience (epochs)", min_value=1, max_value=50, key="keep.patience", disabled=busy or not early_stopping,
         help="How many epochs without improvement before stopping early.",
     )
-    if augment:
+    if augment and not augment_views:
         st.caption(
             ":material/schedule: Augmentation costs time: every epoch runs the whole backbone on every image "
-            "again, instead of once at the start, so training is often 10 times slower or more."
+            "again, instead of once at the start, so training is often 10 times slower or more. "
+            "A few kept copies per image are much faster."
+        )
+    elif augment:
+        st.caption(
+            f":material/bolt: The backbone runs once over {augment_views} augmented copies of each training image; "
+            "the epochs take turns with them. The copies are kept, so training again is quick."
         )
     with st.expander("Advanced"):
         row = st.columns(2)
@@ -184,6 +199,7 @@ if st.button("Start training", type="primary", icon=":material/play_arrow:", dis
             learning_rate=float(learning_rate),
             optimizer=optimizer,
             augment=augment,
+            augment_views=int(augment_views) if augment else 0,
             early_stopping=early_stopping,
             patience=int(patience),
             val_split=float(val_split),

@@ -344,8 +344,22 @@ def test_train_page_defaults_match_the_library(dirs, fake_manager):
     assert at.checkbox(key="keep.augment").value is False
     assert at.checkbox(key="keep.early_stopping").value is False
     assert at.button[0].label == "Start training"
+    assert at.selectbox(key="keep.augment_views").value == defaults.augment_views
+    assert at.selectbox(key="keep.augment_views").disabled
     at.checkbox(key="keep.augment").check().run()
     assert any("costs time" in text for text in texts(at.caption))
+    assert not at.selectbox(key="keep.augment_views").disabled
+
+
+def test_train_page_offers_kept_augmented_copies(dirs, fake_manager):
+    at = with_sample("train")
+    at.checkbox(key="keep.augment").check().run()
+    at.selectbox(key="keep.augment_views").set_value(3).run()
+    assert any("runs once over 3 augmented copies" in text for text in texts(at.caption))
+    at.button[0].click().run()
+    assert not at.exception
+    _, _, train_config = fake_manager.submitted[0]
+    assert (train_config.augment, train_config.augment_views) == (True, 3)
 
 
 def test_train_page_submits_the_chosen_settings(dirs, fake_manager):

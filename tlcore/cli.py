@@ -62,6 +62,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--learning-rate", type=float, default=0.001)
     train.add_argument("--optimizer", choices=("rmsprop", "adam", "sgd"), default="adam")
     train.add_argument("--augment", action="store_true", help="random flips, rotations, zooms and shifts")
+    train.add_argument(
+        "--augment-views", type=int, default=0,
+        help="with --augment: N augmented copies per image, extracted once and reused (fast); 0 makes new ones every epoch",
+    )
     train.add_argument("--early-stopping", action="store_true", help="stop when validation loss stops improving")
     train.add_argument("--val-split", type=float, default=0.2, help="validation fraction when the data is not split")
     train.add_argument("--seed", type=int, default=0)
@@ -175,6 +179,7 @@ def _cmd_train(args) -> dict:
         learning_rate=args.learning_rate,
         optimizer=args.optimizer,
         augment=args.augment,
+        augment_views=args.augment_views,
         early_stopping=args.early_stopping,
         val_split=args.val_split,
         seed=args.seed,
