@@ -199,17 +199,31 @@ def main():
             forget_bodies()
             folder = scratch_dir("tlcore")
         folder = folder or warm["folder"]
-        job = TrainingJob(dataset, config, settings, runs_dir=work / "runs", work_dir=folder)
+        events: list[dict] = []
+        job = TrainingJob(dataset, config, settings, runs_dir=work / "runs", work_dir=folder, on_event=events.append)
         finished = {}
         best_of(name, lambda: finished.update(state=job.run()))
         state = finished["state"]
         if state.status != "finished":
             raise SystemExit(f"{name} {state.status}: {state.message}")
         record(name, state.history["val_accuracy"], state.phase_seconds)
+        if seconds[name] == trials[name][-1]:
+            notes[name] += extraction_pace(events)
         if fresh:
             if "folder" in warm:
                 shutil.rmtree(warm["folder"])
             warm["folder"] = folder  # the next, warm, runs reuse this one's feature cache
+
+    def extraction_pace(events: list[dict]) -> str:
+        """How long the extraction took to deliver its first batch, and its pace after that."""
+        start = [e["time"] for e in events if e["type"] == "phase" and e["phase"] == "extracting features"]
+        batches = [e for e in events if e["type"] == "progress" and e.get("phase") == "extracting features"
+                   and not e.get("cached")]
+        if not start or len(batches) < 2:
+            return ""
+        first, last = batches[0]["time"], batches[-1]["time"]
+        per_batch = (last - first) / (len(batches) - 1)  # one event per batch
+        return f" (first batch after {first - start[0]:.1f}s, then {per_batch * 1000:.0f} ms per batch)"
 
     # Interleaved, so that a slow spell of a shared machine does not favour one side.
     for _ in range(args.repeats):
@@ -301,6 +315,8 @@ def main():
         if means["classic"] is not None:
             print(f"mean val accuracy tlcore - classic = {(means['tlcore'] - means['classic']) * 100:+.2f} points")
         print("later seeds took: " + ", ".join(f"{k} {v:.1f}s" for k, v in extra.items()))
+    floor_batches = -(-len(everything) // EXTRACTION_BATCH)
+    print(f"floor pace: {seconds[extraction_name] / floor_batches * 1000:.0f} ms per batch of {EXTRACTION_BATCH}")
     extraction = len(everything) / seconds[extraction_name]
     for name in ("Keras body", "tlcore (folded)"):
         rate = raw[(name, EXTRACTION_BATCH)]
