@@ -12,7 +12,7 @@ from tlcore.training import TrainConfig
 DEFAULTS = TrainConfig()
 BATCH_SIZES = [8, 16, 32, 64, 128]
 LEARNING_RATES = [0.00001, 0.00003, 0.0001, 0.0003, 0.001, 0.003, 0.01, 0.03, 0.1]
-AUGMENT_VIEWS = {0: "New every epoch (slow)", 3: "3 kept per image (fast)", 5: "5 kept per image", 10: "10 kept per image"}
+AUGMENT_VIEWS = {0: "New every epoch", 3: "3 kept (fast)", 5: "5 kept", 10: "10 kept"}
 OPTIMIZERS = {"adam": "Adam (recommended)", "rmsprop": "RMSprop (the classic lab)", "sgd": "SGD (plain gradient descent)"}
 
 
@@ -149,11 +149,12 @@ with st.container(border=True):
     )
     kept = st.session_state[ui.KEEP + "augment_views"]  # a past run's setting may be none of the usual ones
     augment_views = row[1].selectbox(
-        "Copies", sorted({*AUGMENT_VIEWS, kept}), format_func=lambda n: AUGMENT_VIEWS.get(n, f"{n} kept per image"),
+        "Copies", sorted({*AUGMENT_VIEWS, kept}), format_func=lambda n: AUGMENT_VIEWS.get(n, f"{n} kept"),
         key="keep.augment_views",
         disabled=busy or not augment,
-        help="New copies every epoch give the most variety but run the whole backbone on every image in "
-        "every epoch. A few copies per image, made once and kept, train several times faster.",
+        help="Augmented copies of each training image. New copies every epoch give the most variety but run "
+        "the whole backbone on every image in every epoch. A few copies per image, made once and kept, "
+        "train several times faster.",
     )
     early_stopping = row[2].checkbox(
         "Stop early", key="keep.early_stopping", disabled=busy,
