@@ -47,24 +47,8 @@ TRAIN_SETTINGS = (
 )
 
 
-def _run_through_navigation() -> None:
-    """Reruns through `app.py` when Streamlit ran a page file on its own.
-
-    On a freshly started server, Streamlit's first script run follows its older convention for
-    a `pages/` folder: an address such as /train runs `pages/train.py` alone, so `app.py`'s
-    navigation never runs and the sidebar lists file names. Once `st.navigation` has run, every
-    later run goes through `app.py`.
-    """
-    from streamlit.runtime.pages_manager import PagesManager
-
-    if PagesManager.uses_pages_directory:
-        PagesManager.uses_pages_directory = False
-        st.rerun()
-
-
 def page_setup() -> None:
     """Runs first on every page: keeps remembered widgets and draws the sidebar."""
-    _run_through_navigation()
     # Streamlit forgets a widget's value once a page without it runs; writing the value back
     # into Session State is the documented way to keep it across pages.
     for key in [k for k in st.session_state if isinstance(k, str) and k.startswith(KEEP)]:

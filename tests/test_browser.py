@@ -184,20 +184,3 @@ def test_stop_training_after_a_reload(page, server, dataset_zip):
     page.wait_for_function("() => document.querySelectorAll('.js-plotly-plot').length >= 1")
     assert len(chart_points(page, 0)) == 4, "train and validation curves of two runs"
     shot(page, "12-runs-compare")
-
-
-def test_a_link_to_a_page_on_a_fresh_server_shows_the_named_pages(browser, tmp_path, keras_home):
-    # The first run on a new server is the one Streamlit makes through its older `pages/` convention.
-    fresh = Server(tmp_path, keras_home)
-    try:
-        fresh.wait_healthy()
-        context = browser.new_context(viewport={"width": 1400, "height": 1000})
-        page = context.new_page()
-        page.goto(f"{fresh.url}/train")
-        page.get_by_role("heading", name="Train", exact=True).first.wait_for(timeout=SLOW)
-        navigation = page.get_by_test_id("stSidebarNav")
-        navigation.get_by_text("Evaluate", exact=True).wait_for(timeout=SLOW)
-        assert "app" not in navigation.inner_text().split()
-        context.close()
-    finally:
-        fresh.stop()
