@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib
+import importlib.metadata
 import os
 import platform
 import resource
@@ -73,14 +75,26 @@ def current_rss_mb() -> float:
         return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 1024**2
 
 
-def machine_line() -> str:
-    import keras
-    import tensorflow as tf
+def package_version(module: str, *distributions: str) -> str:
+    """A package's version, without importing it when it is not loaded yet (TensorFlow takes seconds)."""
+    loaded = sys.modules.get(module)
+    if loaded is not None:
+        return loaded.__version__
+    for name in distributions:
+        try:
+            return importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    return importlib.import_module(module).__version__
 
+
+def machine_line() -> str:
+    tensorflow = package_version("tensorflow", "tensorflow-cpu", "tensorflow")
+    keras = package_version("keras", "keras")
     load = ", ".join(f"{v:.2f}" for v in os.getloadavg())
     return (
         f"machine: {os.cpu_count()} CPUs ({platform.processor() or platform.machine()}), "
-        f"Python {platform.python_version()}, TensorFlow {tf.__version__}, Keras {keras.__version__}, "
+        f"Python {platform.python_version()}, TensorFlow {tensorflow}, Keras {keras}, "
         f"load average {load}"
     )
 
@@ -111,20 +125,55 @@ def _cell(value) -> str:
 
 
 def subset(dataset, per_class: int | None):
-    """The dataset with at most `per_class` training and a proportional share of validation images per class."""
+    """The dataset with at most `per_class` training and a proportional share of validation images per class.
+
+    The splits hold `tlcore.dataset.Item`s, which are kept whole (their digests name the cached features).
+    """
     if not per_class:
         return dataset
     import dataclasses
 
     def cap(items, limit):
         kept, seen = [], {}
-        for path, label in items:
-            if seen.get(label, 0) < limit:
-                kept.append((path, label))
-                seen[label] = seen.get(label, 0) + 1
+        for item in items:
+            if seen.get(item.label, 0) < limit:
+                kept.append(item)
+                seen[item.label] = seen.get(item.label, 0) + 1
         return tuple(kept)
 
     ratio = len(dataset.validation) / max(1, len(dataset.train))
     return dataclasses.replace(
         dataset, train=cap(dataset.train, per_class), validation=cap(dataset.validation, max(1, round(per_class * ratio)))
     )
+
+
+def small_copy(source: Path, per_class: int, name: str = "smoke") -> Path:
+    """A new folder with the first `per_class` images (by name) of each class folder of `source`.
+
+    For `--smoke` runs: checking a tiny folder takes a moment, checking the whole dataset does not.
+    """
+    source = Path(source)
+    if not source.is_dir():
+        sys.exit(f"Missing offline dataset: {source}")
+    target = scratch_dir(name) / source.name
+    for folder in sorted(p for p in source.iterdir() if p.is_dir()):
+        images = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))[:per_class]
+        (target / folder.name).mkdir(parents=True)
+        for image in images:
+            shutil.copy(image, target / folder.name / image.name)
+    return target
+
+
+def parse_with_smoke(parser, smoke_defaults, argv=None):
+    """Parses the command line; with `--smoke`, `smoke_defaults()` replaces the defaults first.
+
+    `--smoke` runs the benchmark on a tiny input, only to check that it still works: its figures
+    mean nothing. Flags given explicitly still win over the smoke defaults.
+    """
+    parser.add_argument("--smoke", action="store_true",
+                        help="a tiny, quick run that only checks the benchmark works (its figures mean nothing)")
+    args = parser.parse_args(argv)
+    if args.smoke:
+        parser.set_defaults(**smoke_defaults())
+        args = parser.parse_args(argv)
+    return args

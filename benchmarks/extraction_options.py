@@ -9,6 +9,7 @@ Measures MobileNetV2 (alpha 0.35) cut at `out_relu`:
 
 Usage:
     python benchmarks/extraction_options.py [DATA ...] [--size 224] [--images 256] [--threads N]
+    python benchmarks/extraction_options.py --smoke   # a tiny run that only checks it works
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from common import DATASETS, machine_line, print_table, private_keras_home
+from common import DATASETS, machine_line, parse_with_smoke, print_table, private_keras_home, small_copy
 
 
 def parse_args():
@@ -28,7 +29,13 @@ def parse_args():
     parser.add_argument("--batches", default="8,16,32,64")
     parser.add_argument("--repeats", type=int, default=3, help="timings per option; the best is kept")
     parser.add_argument("--threads", type=int, default=0, help="TensorFlow intra- and inter-op threads (0: default)")
-    return parser.parse_args()
+    return parse_with_smoke(parser, smoke_defaults)
+
+
+def smoke_defaults() -> dict:
+    """`--smoke`: a few horse-or-human images at 96 px, one batch size, one timing."""
+    return {"data": [str(small_copy(DATASETS / "horse-or-human", 4))], "size": 96, "images": 8,
+            "pipeline_images": 8, "batches": "8", "repeats": 1}
 
 
 def main():
@@ -42,26 +49,29 @@ def main():
         tf.config.threading.set_intra_op_parallelism_threads(args.threads)
         tf.config.threading.set_inter_op_parallelism_threads(args.threads)
 
+    from tlcore.config import ModelConfig
     from tlcore.dataset import load_dataset
-    from tlcore.model import BackbonePreprocess, ModelConfig, build_body
-    from tlcore.training import FeatureExtractor, image_dataset
+    from tlcore.extraction import FeatureExtractor
+    from tlcore.inputs import image_dataset
+    from tlcore.model import build_body, preprocess
 
     print(machine_line())
     size = args.size
     batches = [int(b) for b in args.batches.split(",")]
     config = ModelConfig(backbone="mobilenet_v2", alpha=0.35, input_size=size, cut_layer="out_relu").resolved()
     body = build_body(config)
-    preprocess = BackbonePreprocess("mobilenet_v2")
+    # The saved model's own preprocessing (built-in Keras layers), as tlcore's extractor runs it.
+    prepare = lambda x: preprocess(config.backbone, x)  # noqa: E731
     spec = [tf.TensorSpec([None, size, size, 3], tf.float32)]
-    keras_forward = tf.function(lambda x: body(preprocess(x), training=False), input_signature=spec)
+    keras_forward = tf.function(lambda x: body(prepare(x), training=False), input_signature=spec)
     folded = FeatureExtractor(body, config, ("map",), map_dtype="float32")
-    folded_forward = lambda x: folded._extract(x)["map"]  # noqa: E731
-    xla_forward = tf.function(lambda x: body(preprocess(x), training=False), input_signature=spec, jit_compile=True)
+    folded_forward = lambda x: folded.tensors(x)["map"]  # noqa: E731
+    xla_forward = tf.function(lambda x: body(prepare(x), training=False), input_signature=spec, jit_compile=True)
     keras.config.set_dtype_policy("mixed_bfloat16")
     body16 = build_body(config)
     keras.config.set_dtype_policy("float32")
     bf16_forward = tf.function(
-        lambda x: tf.cast(body16(preprocess(x), training=False), tf.float32), input_signature=spec
+        lambda x: tf.cast(body16(prepare(x), training=False), tf.float32), input_signature=spec
     )
     options = {
         "Keras body": keras_forward,

@@ -17,6 +17,7 @@ interleaving keeps one from favouring either side.
 
 Usage:
     python benchmarks/train_speed.py [DATA] [--epochs 10] [--per-class N] [--augment] ...
+    python benchmarks/train_speed.py --smoke   # a tiny run that only checks it works
 
 DATA is a dataset folder or zip (default: the flowers set in ../shared/assets).
 """
@@ -29,7 +30,17 @@ import shutil
 import time
 from pathlib import Path
 
-from common import DATASETS, machine_line, print_table, private_keras_home, scratch_dir, stopwatch, subset
+from common import (
+    DATASETS,
+    machine_line,
+    parse_with_smoke,
+    print_table,
+    private_keras_home,
+    scratch_dir,
+    small_copy,
+    stopwatch,
+    subset,
+)
 
 
 def parse_args():
@@ -46,6 +57,7 @@ def parse_args():
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--optimizer", default="adam")
     parser.add_argument("--learning-rate", type=float, default=0.001)
+    parser.add_argument("--class-weights", default="none", choices=("none", "balanced"))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--seeds", type=int, default=1,
                         help="also train classic and tlcore with the next N-1 seeds, to compare accuracy beyond one seed's luck")
@@ -57,7 +69,16 @@ def parse_args():
     parser.add_argument("--raw-images", type=int, default=800, help="images per timing of the raw forward throughput")
     parser.add_argument("--repeats", type=int, default=3,
                         help="times the floor, the raw forward and tlcore's cold training are measured, interleaved; the best is kept")
-    return parser.parse_args()
+    return parse_with_smoke(parser, smoke_defaults)
+
+
+def smoke_defaults() -> dict:
+    """`--smoke`: 5 horse-or-human images per class at 96 px, one epoch, one measurement of each path.
+
+    Add `--augment --views 1` to run the augmented paths too (about 20 s more).
+    """
+    return {"data": str(small_copy(DATASETS / "horse-or-human", 5)), "epochs": 1, "input_size": 96, "repeats": 1,
+            "raw_images": 16}
 
 
 def main():
@@ -68,18 +89,13 @@ def main():
     import numpy as np
     import tensorflow as tf
 
+    from tlcore.config import ModelConfig, Phase, Status, TrainConfig
     from tlcore.dataset import load_dataset
-    from tlcore.model import BackbonePreprocess, ModelConfig, assemble, build_body, build_head, random_backbone
-    from tlcore.training import (
-        EXTRACTION_BATCH,
-        FeatureExtractor,
-        TrainConfig,
-        TrainingJob,
-        augmenter,
-        compile_for,
-        forget_bodies,
-        image_dataset,
-    )
+    from tlcore.extraction import EXTRACTION_BATCH, FeatureExtractor, forget_bodies
+    from tlcore.inputs import augmenter, image_dataset
+    from tlcore.model import assemble, build_body, build_head, preprocess, random_backbone
+    from tlcore.training import TrainingJob, class_weights, compile_for
+    from tlcore.training.events import PhaseStarted, Progress
 
     print(machine_line())
     work = scratch_dir("train-speed")
@@ -91,7 +107,7 @@ def main():
     ).resolved()
     train_config = TrainConfig(
         epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate,
-        optimizer=args.optimizer, seed=args.seed,
+        optimizer=args.optimizer, seed=args.seed, class_weights=args.class_weights,
     ).resolved()
     size = model_config.input_size
     print(
@@ -99,7 +115,7 @@ def main():
         f"model: MobileNetV2 alpha {model_config.alpha} at {size}px, cut `{model_config.cut_layer}`, "
         f"{model_config.pooling} pooling, dense {list(model_config.dense_units)}, dropout {model_config.dropout}; "
         f"{train_config.optimizer} lr {train_config.learning_rate}, batch {train_config.batch_size}, "
-        f"{train_config.epochs} epochs, seed {train_config.seed}"
+        f"{train_config.epochs} epochs, seed {train_config.seed}, class weights {train_config.class_weights}"
     )
     # The architecture's first build is paid once per process; pay it before any timing.
     random_backbone(model_config.backbone, model_config.alpha, size)
@@ -111,11 +127,12 @@ def main():
 
     # Raw forward throughput on random tensors --------------------------------------------------
     body = build_body(model_config)
-    preprocess = BackbonePreprocess(model_config.backbone)
     spec = tf.TensorSpec([None, size, size, 3], tf.float32)
-    keras_forward = tf.function(lambda images: body(preprocess(images), training=False), input_signature=[spec])
+    keras_forward = tf.function(
+        lambda images: body(preprocess(model_config.backbone, images), training=False), input_signature=[spec]
+    )
     folded = FeatureExtractor(body, model_config, ("map",), map_dtype="float32")
-    folded_forward = lambda images: folded._extract(images)["map"]  # noqa: E731
+    folded_forward = lambda images: folded.tensors(images)["map"]  # noqa: E731
     raw: dict[tuple[str, int], float] = {}
 
     def measure_raw(forwards):
@@ -185,7 +202,11 @@ def main():
                 augment=augmenter(settings.seed) if augment else None,
             )
             validation = image_dataset(dataset.validation, size, settings.batch_size)
-            fitted["history"] = model.fit(train, validation_data=validation, epochs=settings.epochs, verbose=0)
+            # The same class weights as tlcore's training (none by default).
+            weights = class_weights([item.label for item in dataset.train], len(dataset.classes), settings.class_weights)
+            fitted["history"] = model.fit(
+                train, validation_data=validation, epochs=settings.epochs, class_weight=weights, verbose=0
+            )
 
         best_of(name, run)
         record(name, fitted["history"].history["val_accuracy"])
@@ -199,12 +220,12 @@ def main():
             forget_bodies()
             folder = scratch_dir("tlcore")
         folder = folder or warm["folder"]
-        events: list[dict] = []
+        events: list = []
         job = TrainingJob(dataset, config, settings, runs_dir=work / "runs", work_dir=folder, on_event=events.append)
         finished = {}
         best_of(name, lambda: finished.update(state=job.run()))
         state = finished["state"]
-        if state.status != "finished":
+        if state.status != Status.FINISHED:
             raise SystemExit(f"{name} {state.status}: {state.message}")
         record(name, state.history["val_accuracy"], state.phase_seconds)
         if seconds[name] == trials[name][-1]:
@@ -214,14 +235,13 @@ def main():
                 shutil.rmtree(warm["folder"])
             warm["folder"] = folder  # the next, warm, runs reuse this one's feature cache
 
-    def extraction_pace(events: list[dict]) -> str:
+    def extraction_pace(events: list) -> str:
         """How long the extraction took to deliver its first batch, and its pace after that."""
-        start = [e["time"] for e in events if e["type"] == "phase" and e["phase"] == "extracting features"]
-        batches = [e for e in events if e["type"] == "progress" and e.get("phase") == "extracting features"
-                   and not e.get("cached")]
+        start = [e.time for e in events if isinstance(e, PhaseStarted) and e.phase == Phase.EXTRACTING]
+        batches = [e for e in events if isinstance(e, Progress) and e.phase == Phase.EXTRACTING and not e.cached]
         if not start or len(batches) < 2:
             return ""
-        first, last = batches[0]["time"], batches[-1]["time"]
+        first, last = batches[0].time, batches[-1].time
         per_batch = (last - first) / (len(batches) - 1)  # one event per batch
         return f" (first batch after {first - start[0]:.1f}s, then {per_batch * 1000:.0f} ms per batch)"
 

@@ -2,7 +2,7 @@
 
 import streamlit as st
 
-import ui
+import dashboard as ui
 from tlcore.charts import counts_figure
 from tlcore.errors import TransferLabError
 from tlcore.samples import SAMPLES, prepare_sample
@@ -89,25 +89,27 @@ if report.skipped:
             [{"file": item.path, "reason": item.reason} for item in report.skipped],
             hide_index=True,
         )
-if report.duplicates:
-    with st.expander(f"{len(report.duplicates)} group(s) of identical images"):
-        st.dataframe(
-            [
-                {"kind": group.kind, "files": ", ".join(group.paths), "classes": ", ".join(group.classes)}
-                for group in report.duplicates
-            ],
-            hide_index=True,
-        )
+for groups, title in ((report.duplicates, "identical images"), (report.near_duplicates, "pictures that look alike")):
+    if groups:
+        with st.expander(f"{len(groups)} group(s) of {title}"):
+            st.dataframe(
+                [
+                    {"kind": group.kind, "files": ", ".join(group.paths), "classes": ", ".join(group.classes),
+                     "splits": ", ".join(group.splits)}
+                    for group in groups
+                ],
+                hide_index=True,
+            )
 
 st.subheader("A few images of each class")
 items = data.train + data.validation
 for label, name in enumerate(data.classes):
-    paths = [path for path, item_label in items if item_label == label][:THUMBNAILS_PER_CLASS]
-    st.markdown(f"**{name}**")
+    shown = [item for item in items if item.label == label][:THUMBNAILS_PER_CLASS]
+    st.text(name)
     columns = st.columns(THUMBNAILS_PER_CLASS)
-    for column, path in zip(columns, paths):
-        image = ui.thumbnail(str(path))
+    for column, item in zip(columns, shown):
+        image = ui.thumbnail(str(item.path))
         if image is not None:
-            column.image(image, caption=path.name, width="stretch")
+            column.image(image, caption=item.name.rsplit("/", 1)[-1], width="stretch")
 
 st.page_link("pages/model.py", label="Next: choose the model", icon=":material/arrow_forward:")

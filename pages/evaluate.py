@@ -2,8 +2,9 @@
 
 import streamlit as st
 
-import ui
+import dashboard as ui
 from tlcore.charts import confusion_figure
+from tlcore.config import SPLIT_LABELS
 from tlcore.errors import TransferLabError
 
 GALLERY_COLUMNS = 6
@@ -11,16 +12,24 @@ GALLERY_SIZE = 24
 
 ui.page_setup()
 st.title("Evaluate")
-st.markdown("The model is scored on its **validation** images: pictures it never trained on.")
+st.markdown("The model is scored on pictures it never trained on: its **validation** images, or a **test** "
+            "folder when the dataset has one.")
 
 info = ui.run_picker()
 if info is None:
     ui.no_runs_yet()
     st.stop()
 
+split = info.run.split()
+subsets = ["test", "validation"] if split is not None and split.test else ["validation"]
+subset = st.segmented_control(
+    "Images to score", subsets, format_func=SPLIT_LABELS.get, default=subsets[0], required=True,
+    help="Test images (a `test/` folder in the dataset) were used neither to train nor to pick the model; "
+    "they give the fairest figure.",
+)
 try:
-    with st.spinner("Classifying every validation image…"):
-        result = ui.evaluation(info)
+    with st.spinner(f"Classifying every {SPLIT_LABELS[subset].lower()} image…"):
+        result = ui.evaluation(info, subset)
 except TransferLabError as error:
     ui.show_error(error)
     st.stop()
@@ -28,7 +37,7 @@ except TransferLabError as error:
 for note in result.notes:
     st.info(note, icon=":material/info:")
 numbers = st.columns(3)
-numbers[0].metric("Accuracy", f"{result.accuracy:.1%}", help="Share of validation images classified correctly.")
+numbers[0].metric("Accuracy", f"{result.accuracy:.1%}", help=f"Share of {subset} images classified correctly.")
 numbers[1].metric("Images", result.total)
 numbers[2].metric("Mistakes", len(result.misclassified))
 
@@ -48,13 +57,13 @@ with right:
             "recall": st.column_config.NumberColumn("Recall", format="percent",
                 help="Of the images of this class, the share the model found."),
             "f1": st.column_config.NumberColumn("F1", format="percent", help="Precision and recall in one number."),
-            "support": st.column_config.NumberColumn("Images", help="Validation images of this class."),
+            "support": st.column_config.NumberColumn("Images", help="Images of this class scored here."),
         },
     )
 
 st.subheader("Images the model got wrong")
 if not result.misclassified:
-    st.success("None: every validation image was classified correctly.", icon=":material/check_circle:")
+    st.success(f"None: every {subset} image was classified correctly.", icon=":material/check_circle:")
 else:
     shown = result.misclassified[:GALLERY_SIZE]
     st.caption(f"The {len(shown)} most confident mistakes of {len(result.misclassified)}. "
@@ -65,5 +74,5 @@ else:
             image = ui.thumbnail(mistake.path)
             if image is not None:
                 st.image(image, width="stretch")
-            st.caption(f"True: **{mistake.true_class}**  \nPredicted: **{mistake.predicted_class}** "
-                       f"({mistake.confidence:.0%} sure)")
+            st.text(f"{mistake.name}\nTrue: {mistake.true_class}\nPredicted: {mistake.predicted_class} "
+                    f"({mistake.confidence:.0%} sure)")

@@ -4,22 +4,13 @@ import re
 
 import streamlit as st
 
-import ui
+import dashboard as ui
 from tlcore.backbones import BACKBONES, DEFAULT_BACKBONE, find_cached_weights, get_backbone
+from tlcore.config import POOLING_LABELS, WEIGHT_LABELS, ModelConfig, parse_dense_units
 from tlcore.errors import ModelConfigError, TransferLabError
 from tlcore.layers import layer_table
-from tlcore.model import ModelConfig, summarize
+from tlcore.model import summarize
 
-WEIGHTS = {
-    "imagenet": "ImageNet (recommended)",
-    "file": "A weights file I upload",
-    "none": "Random (no transfer learning)",
-}
-POOLING = {
-    "avg": "Average (recommended)",
-    "max": "Maximum",
-    "flatten": "Flatten (the classic lab)",
-}
 DEFAULTS = ModelConfig()
 
 
@@ -77,8 +68,8 @@ with right:
 
 weights_choice = st.radio(
     "Starting weights",
-    list(WEIGHTS),
-    format_func=WEIGHTS.get,
+    list(WEIGHT_LABELS),
+    format_func=WEIGHT_LABELS.get,
     horizontal=True,
     key="keep.weights",
     help="ImageNet weights are what make this transfer learning. A weights file is how the classic lab "
@@ -172,22 +163,22 @@ with st.expander("Layer browser: every layer of the backbone", icon=":material/t
 st.subheader("3. The new head")
 for key, value in (
     ("keep.pooling", DEFAULTS.pooling),
-    ("keep.dense", ", ".join(str(units) for units in DEFAULTS.dense_units)),
+    ("keep.dense_units", ", ".join(str(units) for units in DEFAULTS.dense_units)),
     ("keep.dropout", DEFAULTS.dropout),
 ):
     st.session_state.setdefault(key, value)
 head = st.columns(3, gap="large")
 pooling = head[0].radio(
     "Pooling",
-    list(POOLING),
-    format_func=POOLING.get,
+    list(POOLING_LABELS),
+    format_func=POOLING_LABELS.get,
     key="keep.pooling",
     help="How the cut layer's grid of features becomes one list of numbers. Average or maximum keep one "
     "number per channel (small head); Flatten keeps every position (much bigger head).",
 )
 dense_text = head[1].text_input(
     "Hidden layer sizes",
-    key="keep.dense",
+    key="keep.dense_units",
     help="Neurons in each hidden Dense layer of the head, separated by commas, for example `128` or "
     "`1024, 256`. Leave empty (or 0) for no hidden layer.",
 )
@@ -202,21 +193,13 @@ dropout = head[2].slider(
 )
 
 try:
-    dense_units = tuple(int(part) for part in re.split(r"[,\s]+", dense_text.strip()) if part)
-    if any(units < 0 for units in dense_units):
-        raise ValueError
-except ValueError:
-    st.error(f"“{dense_text}” is not a list of whole numbers. Write the layer sizes like `128` or `1024, 256`.")
-    st.stop()
-
-try:
     config = ModelConfig(
         backbone=backbone,
         alpha=alpha,
         input_size=int(input_size),
         cut_layer=cut_layer,
         pooling=pooling,
-        dense_units=dense_units,
+        dense_units=parse_dense_units(dense_text),
         dropout=dropout,
         weights=weights,
     ).resolved()

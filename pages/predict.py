@@ -2,7 +2,7 @@
 
 import streamlit as st
 
-import ui
+import dashboard as ui
 from tlcore.charts import probabilities_figure
 from tlcore.errors import TransferLabError
 from tlcore.predict import get_predictor

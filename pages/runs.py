@@ -2,13 +2,12 @@
 
 import streamlit as st
 
-import ui
+import dashboard as ui
 from tlcore.charts import compare_runs_figure
+from tlcore.config import ModelConfig, TrainConfig
 from tlcore.errors import TransferLabError
-from tlcore.model import ModelConfig
 from tlcore.predict import forget_predictors
-from tlcore.runs import delete_run, list_runs
-from tlcore.training import TrainConfig
+from tlcore.runs import list_runs
 
 METRICS = {"accuracy": "Accuracy", "loss": "Loss"}
 
@@ -18,7 +17,7 @@ def row(info) -> dict:
     return {
         "run": info.name,
         "status": info.status,
-        "best_val_accuracy": info.best_val_accuracy,
+        "val_accuracy": info.val_accuracy,
         "backbone": model.get("backbone"),
         "input_size": model.get("input_size"),
         "cut_layer": model.get("cut_layer"),
@@ -30,6 +29,7 @@ def row(info) -> dict:
         "optimizer": train.get("optimizer"),
         "learning_rate": train.get("learning_rate"),
         "augment": train.get("augment"),
+        "class_weights": train.get("class_weights", "none"),
         "created": info.created,
     }
 
@@ -59,8 +59,9 @@ event = st.dataframe(
     column_config={
         "run": st.column_config.TextColumn("Run"),
         "status": st.column_config.TextColumn("Status"),
-        "best_val_accuracy": st.column_config.ProgressColumn(
-            "Best validation accuracy", format="percent", min_value=0.0, max_value=1.0
+        "val_accuracy": st.column_config.ProgressColumn(
+            "Validation accuracy", format="percent", min_value=0.0, max_value=1.0,
+            help="Of the saved model (the restored epoch when early stopping kept an earlier one).",
         ),
         "backbone": "Backbone",
         "input_size": "Input size",
@@ -73,6 +74,7 @@ event = st.dataframe(
         "optimizer": "Optimizer",
         "learning_rate": st.column_config.NumberColumn("Learning rate", format="%g"),
         "augment": st.column_config.CheckboxColumn("Augment"),
+        "class_weights": "Class weights",
         "created": "Started",
     },
 )
@@ -103,7 +105,7 @@ with actions[2].popover(f"Delete {len(selected)} run(s)", icon=":material/delete
     if st.button("Yes, delete", type="primary"):
         for info in selected:
             try:
-                delete_run(info.path)
+                info.run.delete()
             except TransferLabError as error:
                 ui.show_error(error)
                 continue

@@ -2,18 +2,17 @@
 
 import streamlit as st
 
-import ui
-from tlcore import runs
+import dashboard as ui
+from tlcore.advice import next_steps
 from tlcore.charts import history_figure
+from tlcore.config import CLASS_WEIGHT_LABELS, OPTIMIZER_LABELS, Status, TrainConfig
 from tlcore.errors import TransferLabError
 from tlcore.jobs import manager
-from tlcore.training import TrainConfig
 
 DEFAULTS = TrainConfig()
 BATCH_SIZES = [8, 16, 32, 64, 128]
 LEARNING_RATES = [0.00001, 0.00003, 0.0001, 0.0003, 0.001, 0.003, 0.01, 0.03, 0.1]
 AUGMENT_VIEWS = {0: "New every epoch", 3: "3 kept (fast)", 5: "5 kept", 10: "10 kept"}
-OPTIMIZERS = {"adam": "Adam (recommended)", "rmsprop": "RMSprop (the classic lab)", "sgd": "SGD (plain gradient descent)"}
 
 
 def duration(seconds) -> str:
@@ -21,13 +20,13 @@ def duration(seconds) -> str:
     return f"{seconds // 60} min {seconds % 60:02d} s" if seconds >= 60 else f"{seconds} s"
 
 
-def curves(history) -> None:
+def curves(history, best_epoch=None) -> None:
     if not history.get("loss"):
         st.caption(":material/show_chart: The accuracy and loss curves appear here after the first epoch.")
         return
     left, right = st.columns(2)
-    left.plotly_chart(history_figure(history, "accuracy"), key="accuracy_chart")
-    right.plotly_chart(history_figure(history, "loss"), key="loss_chart")
+    left.plotly_chart(history_figure(history, "accuracy", best_epoch=best_epoch), key="accuracy_chart")
+    right.plotly_chart(history_figure(history, "loss", best_epoch=best_epoch), key="loss_chart")
 
 
 def live() -> None:
@@ -36,7 +35,7 @@ def live() -> None:
     state = job.snapshot() if job is not None else None
     if state is None or state.done:
         st.rerun()
-    if state.status == runs.QUEUED:
+    if state.status == Status.QUEUED:
         place = manager().position(job.run_dir.name)
         st.info(
             f"Your training is waiting in line, place {place}. Only one training runs at a time on this "
@@ -63,48 +62,46 @@ def live() -> None:
 def result(job, state) -> None:
     """What the user sees once the training has ended."""
     ui.adopt_finished(job, state)
-    if state.status == runs.FINISHED:
+    if state.status == Status.FINISHED:
         st.success(f"Training finished in {duration(state.seconds)}.", icon=":material/check_circle:")
-    elif state.status == runs.STOPPED:
+    elif state.status == Status.STOPPED:
         st.warning(state.message or "Training was stopped.", icon=":material/stop_circle:")
     else:
         st.error(state.message or "Training failed.", icon=":material/error:")
-    history = state.history
-    if history.get("val_accuracy"):
-        val, train = history["val_accuracy"], history.get("accuracy", [])
-        best = max(range(len(val)), key=val.__getitem__)
+    history, final = state.history, state.final
+    if final.get("val_accuracy") is not None:
+        epochs = len(history.get("val_accuracy", []))
+        kept = state.best_epoch or epochs
         numbers = st.columns(4)
-        numbers[0].metric("Validation accuracy", f"{val[-1]:.1%}", help="On images the model never trained on.")
-        numbers[1].metric("Training accuracy", f"{train[-1]:.1%}" if train else "–")
-        numbers[2].metric("Best validation accuracy", f"{val[best]:.1%}", help=f"Reached at epoch {best + 1}.")
-        numbers[3].metric("Epochs", len(val))
-        curves(history)
-        advice(train[-1] if train else None, val[-1])
-    model_file = job.run_dir / runs.MODEL_FILE
-    if model_file.is_file():
+        numbers[0].metric("Validation accuracy", f"{final['val_accuracy']:.1%}",
+                          help="Of the saved model, on images it never trained on.")
+        numbers[1].metric("Training accuracy", f"{final['accuracy']:.1%}" if "accuracy" in final else "–")
+        numbers[2].metric("Epochs", epochs)
+        numbers[3].metric("Saved model", f"epoch {kept}",
+                          help="Early stopping kept the epoch with the lowest validation loss." if state.best_epoch
+                          else "The model as it was after the last epoch.")
+        if state.best_epoch:
+            st.caption(f"Early stopping put back the weights of epoch {state.best_epoch} (the dashed line), "
+                       "the one with the lowest validation loss; the figures above are that model's.")
+        curves(history, state.best_epoch)
+        advice(final.get("accuracy"), final["val_accuracy"])
+    if job.run_folder.has_model:
         st.subheader("Take the model with you")
         st.download_button(
             "Download the model with its class names (.zip)",
-            data=lambda: runs.export_bundle(job.run_dir),
+            data=job.run_folder.bundle,
             file_name=f"{job.run_dir.name}.zip",
             mime="application/zip",
             icon=":material/download:",
         )
-        st.caption("Load it in Python with `keras.saving.load_model(path)` after `import tlcore.model`; "
-                   "it takes raw RGB images of any size. labels.json lists the classes in output order; "
+        st.caption("Load it in Python with `keras.saving.load_model(path)`; it holds only built-in Keras "
+                   "layers and takes raw RGB images of any size. labels.json lists the classes in output order; "
                    "config.json and history.json record how it was trained.")
 
 
 def advice(train_accuracy, val_accuracy) -> None:
-    tips = []
-    if val_accuracy < 0.7:
-        tips.append("Accuracy is low: try more epochs, a later cut layer, or check on the Data page that the classes really look different.")
-    if train_accuracy is not None and train_accuracy - val_accuracy > 0.1:
-        tips.append("Training accuracy is well above validation accuracy (overfitting): try more dropout, augmentation, or more images.")
-    if not tips:
-        tips.append("The model tells the classes apart well on images it never trained on.")
     st.markdown(
-        "**What next?** " + " ".join(tips) + "\n\n"
+        "**What next?** " + " ".join(next_steps(train_accuracy, val_accuracy)) + "\n\n"
         "- **Evaluate**: which classes get confused, and the images the model got wrong.\n"
         "- **Predict**: try it on new pictures.\n"
         "- **Runs**: compare this training with others, for example another cut layer or dropout."
@@ -134,7 +131,7 @@ with st.container(border=True):
         help="How many images are looked at before each small correction. 32 is a good default.",
     )
     optimizer = row[2].selectbox(
-        "Optimizer", list(OPTIMIZERS), format_func=OPTIMIZERS.get, key="keep.optimizer", disabled=busy,
+        "Optimizer", list(OPTIMIZER_LABELS), format_func=OPTIMIZER_LABELS.get, key="keep.optimizer", disabled=busy,
         help="The method that adjusts the head after each batch.",
     )
     learning_rate = row[3].select_slider(
@@ -176,7 +173,7 @@ with st.container(border=True):
             "the epochs take turns with them. The copies are kept, so training again is quick."
         )
     with st.expander("Advanced"):
-        row = st.columns(2)
+        row = st.columns(3)
         val_split = row[0].slider(
             "Validation share", min_value=0.05, max_value=0.5, step=0.05, key="keep.val_split", disabled=busy,
             help="Share of each class held out to measure the model, when the dataset has no validation folder.",
@@ -184,6 +181,12 @@ with st.container(border=True):
         seed = row[1].number_input(
             "Random seed", min_value=0, max_value=2**31 - 1, key="keep.seed", disabled=busy,
             help="The same seed gives the same split and the same training, so runs can be compared fairly.",
+        )
+        class_weights = row[2].selectbox(
+            "Class weights", list(CLASS_WEIGHT_LABELS), format_func=CLASS_WEIGHT_LABELS.get, key="keep.class_weights",
+            disabled=busy,
+            help="When some classes have far fewer images, balanced weights make each class count the same, "
+            "so the model does not just favour the big classes.",
         )
 
 config = ui.model_config()
@@ -205,6 +208,7 @@ if st.button("Start training", type="primary", icon=":material/play_arrow:", dis
             patience=int(patience),
             val_split=float(val_split),
             seed=int(seed),
+            class_weights=class_weights,
         )
         job = manager().submit(source, config, train_config, runs_dir=ui.runs_dir(), work_dir=ui.work_dir())
     except TransferLabError as error:

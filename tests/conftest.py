@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,9 @@ ASSETS = ROOT.parent / "shared" / "assets"
 MOBILENET_WEIGHTS = "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_0.35_224_no_top.h5"
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# Tests never touch the user's own work folder or runs; a test that needs its own sets them itself.
+os.environ.setdefault("TLCORE_HOME", tempfile.mkdtemp(prefix="tl-test-home-"))
+os.environ.setdefault("TLCORE_RUNS", tempfile.mkdtemp(prefix="tl-test-runs-"))
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 

@@ -17,8 +17,9 @@ from streamlit.testing.v1 import AppTest
 import tlcore.jobs
 from tlcore import runs
 from tlcore.errors import DatasetError
-from tlcore.model import ModelConfig, summarize
-from tlcore.training import JobState, TrainConfig, train
+from tlcore.config import ModelConfig, TrainConfig
+from tlcore.model import summarize
+from tlcore.training import JobState, train
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = ["data", "model", "train", "evaluate", "predict", "runs"]
@@ -49,6 +50,11 @@ def app(page: str | None = None, **state) -> AppTest:
 
 def texts(elements) -> list[str]:
     return [str(element.value) for element in elements]
+
+
+def sidebar_text(at: AppTest) -> str:
+    """Everything the sidebar says; names a user chose are shown as plain text, the rest as Markdown."""
+    return " ".join(texts(at.sidebar.markdown) + texts(at.sidebar.text) + texts(at.sidebar.caption))
 
 
 def metrics(at: AppTest) -> dict[str, str]:
@@ -127,7 +133,7 @@ def test_data_page_uses_the_shapes_sample_and_shows_its_health(dirs):
     assert at.success, "a clean dataset says so"
     assert at.get("plotly_chart"), "counts chart"
     assert len(at.get("imgs")) >= 4 or len(at.get("image")) >= 4
-    assert "Shapes (sample)" in " ".join(texts(at.sidebar.markdown))
+    assert "Shapes (sample)" in sidebar_text(at)
 
 
 def test_data_page_reads_an_uploaded_zip_of_a_real_dataset(dirs, horses_or_humans):
@@ -136,11 +142,11 @@ def test_data_page_reads_an_uploaded_zip_of_a_real_dataset(dirs, horses_or_human
     assert not at.exception and not at.error, texts(at.error)
     assert metrics(at)["Classes"] == "2"
     assert metrics(at)["Images"] == "12"
-    sidebar = " ".join(texts(at.sidebar.markdown))
+    sidebar = sidebar_text(at)
     assert "hoh.zip" in sidebar and "horses" in sidebar
     # The choice stays when another page is opened.
     at.switch_page("pages/model.py").run()
-    assert "hoh.zip" in " ".join(texts(at.sidebar.markdown))
+    assert "hoh.zip" in sidebar_text(at)
 
 
 def test_data_page_shows_a_bad_zip_as_a_message(dirs):
@@ -202,7 +208,7 @@ def test_model_page_defaults_match_the_library(dirs):
     assert at.selectbox(key="keep.cut_layer").value == "out_relu"
     assert at.radio(key="keep.weights").value == "imagenet"
     assert at.radio(key="keep.pooling").value == "avg"
-    assert at.text_input(key="keep.dense").value == "128"
+    assert at.text_input(key="keep.dense_units").value == "128"
     assert at.slider(key="keep.dropout").value == pytest.approx(0.2)
     shown = metrics(at)
     for label, value in summary_metrics(ModelConfig()).items():
@@ -214,7 +220,7 @@ def test_model_page_summary_follows_cut_head_and_dataset(dirs):
     at = app("model")
     at.selectbox(key="keep.cut_layer").set_value("block_12_add").run()
     at.radio(key="keep.pooling").set_value("flatten")
-    at.text_input(key="keep.dense").set_value("2048, 64")
+    at.text_input(key="keep.dense_units").set_value("2048, 64")
     at.slider(key="keep.dropout").set_value(0.5).run()
     assert not at.exception and not at.error
     config = ModelConfig(cut_layer="block_12_add", pooling="flatten", dense_units=(2048, 64), dropout=0.5)
@@ -256,10 +262,10 @@ def test_model_page_layer_browser_searches_and_filters(dirs):
 
 def test_model_page_shows_bad_input_as_messages(dirs):
     at = app("model")
-    at.text_input(key="keep.dense").set_value("lots").run()
+    at.text_input(key="keep.dense_units").set_value("lots").run()
     assert not at.exception
-    assert "not a list of whole numbers" in at.error[0].value
-    at.text_input(key="keep.dense").set_value("128")
+    assert "whole numbers" in at.error[0].value and "lots" in at.error[0].value
+    at.text_input(key="keep.dense_units").set_value("128")
     at.radio(key="keep.weights").set_value("none").run()
     assert any("not** transfer learning" in text for text in texts(at.warning))
 
@@ -283,6 +289,7 @@ class FakeJob:
         self.data = run_dir.parent / "data.zip"
         self.model_config = ModelConfig(input_size=96).resolved()
         self.train_config = TrainConfig(epochs=state.get("epochs", 10)).resolved()
+        self.run_folder = runs.Run(run_dir)
 
     def snapshot(self):
         return self.state
@@ -477,6 +484,22 @@ def test_evaluate_page_scores_a_run(dirs, trained_run, monkeypatch):
     assert frame["class"].tolist() == ["horses", "humans"]
 
 
+def test_evaluate_page_scores_a_test_split_first_when_the_run_has_one(dirs, trained_run, tmp_path, monkeypatch):
+    import shutil
+
+    run = tmp_path / "runs" / "with-test"
+    shutil.copytree(trained_run, run)
+    split = json.loads((run / "split.json").read_text())
+    split["test"] = split["validation"][:2]
+    (run / "split.json").write_text(json.dumps(split))
+    monkeypatch.setenv("TLCORE_RUNS", str(run.parent))
+    at = app("evaluate")
+    assert not at.error, texts(at.error)
+    control = at.get("button_group")[0]
+    assert metrics(at)["Images"] == "2", "the test images are scored first"
+    assert "Test" in str(control.proto) and "Validation" in str(control.proto)
+
+
 def test_evaluate_page_shows_a_broken_run_as_a_message(dirs, trained_run, tmp_path, monkeypatch):
     import shutil
 
@@ -524,7 +547,7 @@ def test_runs_page_lists_compares_and_deletes(dirs, trained_run, tmp_path, monke
     table = at.dataframe[0].value
     assert len(table) == 2
     assert set(table["status"]) == {"finished"}
-    assert table["best_val_accuracy"].notna().all()
+    assert table["val_accuracy"].notna().all()
     at.session_state["runs_table"] = {"selection": {"rows": [0, 1], "columns": [], "cells": []}}
     at.run()
     assert not at.exception

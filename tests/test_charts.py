@@ -30,6 +30,15 @@ def test_history_accuracy_has_train_and_validation_curves_in_percent():
     assert figure.layout.title.text == "Accuracy"
 
 
+def test_the_epoch_early_stopping_kept_is_marked():
+    figure = charts.history_figure(HISTORY, "loss", best_epoch=2)
+    (line,) = figure.layout.shapes
+    assert (line.x0, line.x1) == (2, 2)
+    assert "epoch 2" in figure.layout.annotations[0].text
+    assert len(figure.data) == 2, "the mark is no curve"
+    assert not charts.history_figure(HISTORY, "loss").layout.shapes
+
+
 def test_history_loss_is_not_a_percentage_and_takes_a_title():
     figure = charts.history_figure(HISTORY, "loss", title="Run 7")
     assert list(figure.data[1].y) == HISTORY["val_loss"]

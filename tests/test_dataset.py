@@ -41,7 +41,8 @@ def test_class_folders(tmp_path, work, pets):
     assert data.classes == ("horses", "humans") and data.root == folder
     assert data.counts() == {"train": {"horses": 5, "humans": 5}, "validation": {"horses": 1, "humans": 1}}
     assert not data.presplit and data.skipped == () and data.warnings == () and data.test == ()
-    assert all(isinstance(path, Path) and isinstance(label, int) for path, label in data.train + data.validation)
+    assert all(isinstance(item.path, Path) and isinstance(item.label, int) for item in data.train + data.validation)
+    assert all(len(item.digest) == 64 and item.path == folder / item.name for item in data.train + data.validation)
     assert file_hashes(folder) == before and not work.exists()
 
 
@@ -69,7 +70,7 @@ def test_zip_is_unpacked_once_and_reused(tmp_path, work, pets, monkeypatch):
     second = load_dataset(upload, work_dir=work)
     assert len(unpacked) == 1 and first == second
     assert first.root.parent == work / "datasets" and re.fullmatch("[0-9a-f]{16}", first.root.name)
-    assert all(path.is_relative_to(first.root) for path, _ in first.train)
+    assert all(item.path.is_relative_to(first.root) for item in first.train)
 
 
 def test_wrapper_folder_in_a_zip(tmp_path, work, pets):
@@ -199,9 +200,9 @@ def _unusual_dataset(pets, flowers) -> dict[str, bytes]:
 
 def _assert_tensorflow_agrees(data, originals: Path) -> None:
     """Every path decodes in TensorFlow to the pixels Pillow reads from the file the user gave."""
-    for path, _ in data.train + data.validation + data.test:
-        original = originals / data.display_path(path)
-        assert_same_pixels(path, load_array(original))
+    for item in data.train + data.validation + data.test:
+        assert data.display_path(item.path) == item.name
+        assert_same_pixels(item.path, load_array(originals / item.name))
 
 
 def test_unusual_images_in_a_folder_are_converted_elsewhere(tmp_path, work, pets, flowers):
@@ -221,20 +222,25 @@ def test_unusual_images_in_a_folder_are_converted_elsewhere(tmp_path, work, pets
     assert load_dataset(folder, work_dir=work).train == data.train
 
 
-def test_unusual_images_in_a_zip_are_converted_in_place(tmp_path, work, pets, flowers):
+def test_unusual_images_in_a_zip_are_converted_beside_it_once(tmp_path, work, pets, flowers):
     files = _unusual_dataset(pets, flowers)
     upload = make_zip(tmp_path / "pets.zip", files)
     data = load_dataset(upload, work_dir=work)
-    assert sorted(path.name for path, _ in data.converted) == [
-        "cmyk.jpg.png", "grey16.png", "lossless.webp.png", "photo.tif.png", "rotated.jpg.png"
+    unpacked = file_hashes(data.root)
+    assert sorted(name for _, name in data.converted) == [
+        "horses/cmyk.jpg", "horses/grey16.png", "horses/lossless.webp", "horses/photo.tif", "horses/rotated.jpg"
     ]
-    assert all(path.is_relative_to(data.root) for path, _ in data.train + data.validation)
-    assert not list(data.root.rglob("*.tif")) and not list(data.root.rglob("*.webp"))
+    assert all(path.is_relative_to(work / "converted") for path, _ in data.converted)
     originals = write_files(tmp_path / "originals", files)
     for path, original in data.converted:
         assert_same_pixels(path, load_array(originals / original))
+    # The unpacked folder is never written to, and the same pictures share their copies.
     again = load_dataset(upload, work_dir=work)
-    assert again.converted == () and sorted(again.train) == sorted(data.train)
+    assert file_hashes(data.root) == unpacked and again.train == data.train
+    copies = sorted((work / "converted").rglob("*.png"))
+    elsewhere = load_dataset(write_files(tmp_path / "same-pictures", files), work_dir=work)
+    assert sorted(path for path, _ in elsewhere.converted) == sorted(path for path, _ in data.converted)
+    assert sorted((work / "converted").rglob("*.png")) == copies
 
 
 def test_progress_reports_each_stage(tmp_path, work, pets, flowers):

@@ -136,24 +136,26 @@ def test_dataset_classes_are_mapped_by_name_and_absent_classes_score_zero(colour
     order = ("blue", "red")
     relabelled = tuple((Path(path), order.index(CLASSES[label])) for path, label in items)
     dataset = Dataset(root=tmp_path / "other", classes=order, train=relabelled[:2], validation=relabelled[2:])
-    evaluation = evaluate(colour_run, dataset, splits=("train", "validation"))
+    evaluation = evaluate(colour_run, dataset, subset="all")
     expected = by_hand(kept)
     assert_matches(evaluation, expected)
     green = CLASSES.index("green")
     assert evaluation.support[green] == 0
     assert evaluation.recall[green] == 0.0
     assert evaluation.confusion_matrix[green] == [0, 0, 0]
-    # The dataset's validation images by default.
-    assert evaluate(colour_run, dataset).total == len(kept) - 2
+    # By default the run's own validation images, found in the dataset by their bytes: the red
+    # ones (the blue ones were drawn at other sizes here, so they are other pictures).
+    default = evaluate(colour_run, dataset)
+    assert default.split == "validation" and sorted(default.images) == ["red/r1.png", "red/r2.png", "red/r3.png"]
     with pytest.raises(ValueError, match="`tset`"):
-        evaluate(colour_run, dataset, splits=["tset"])
+        evaluate(colour_run, dataset, subset="tset")
 
 
 def test_class_unknown_to_the_model_is_refused(colour_run, tmp_path):
     path = write_png(tmp_path / "purple" / "p.png", solid((120, 0, 120)))
     dataset = Dataset(root=tmp_path, classes=("purple", "red"), train=(), validation=((path, 0),))
     with pytest.raises(DatasetError, match="`purple`") as caught:
-        evaluate(colour_run, dataset)
+        evaluate(colour_run, dataset, subset="all")
     assert isinstance(caught.value, TransferLabError)
 
 
@@ -176,7 +178,7 @@ def test_unreadable_files_are_noted_and_other_formats_still_count(colour_run, tm
     readable = ((tiff, 0), (cmyk, 2), (rotated, 1))
     dataset = Dataset(root=folder, classes=tuple(CLASSES), train=(), validation=((broken, 0), (truncated, 1), *readable))
 
-    evaluation = evaluate(colour_run, dataset)
+    evaluation = evaluate(colour_run, dataset, subset="all")
 
     assert evaluation.total == 3
     assert len(evaluation.notes) == 1
@@ -198,7 +200,7 @@ def test_nothing_readable_is_a_plain_error(colour_run, tmp_path):
     broken.write_bytes(b"nothing here")
     dataset = Dataset(root=tmp_path, classes=tuple(CLASSES), train=(), validation=((broken, 0),))
     with pytest.raises(DatasetError, match="nothing to evaluate"):
-        evaluate(colour_run, dataset)
+        evaluate(colour_run, dataset, subset="all")
 
 
 def test_progress_is_reported_per_batch_up_to_the_total(colour_run):
@@ -209,7 +211,7 @@ def test_progress_is_reported_per_batch_up_to_the_total(colour_run):
 
 def test_run_without_split_file_raises_run_error(colour_run):
     (colour_run / "split.json").unlink()
-    with pytest.raises(RunError, match="validation split"):
+    with pytest.raises(RunError, match="no saved split"):
         evaluate(colour_run)
 
 
@@ -225,7 +227,7 @@ def test_binary_model_scores_the_second_label_as_positive(tmp_path):
     assert evaluation.confusion_matrix == [[1, 0], [1, 1]]
     (mistake,) = evaluation.misclassified
     p_red = expected_colour_probabilities(solid((100, 10, 150)), binary=True)[1]
-    assert mistake == Misclassified(items[2][0], "red", "blue", pytest.approx(1 - p_red, abs=1e-5))
+    assert mistake == Misclassified(items[2][0], "red", "blue", pytest.approx(1 - p_red, abs=1e-5), "c.png")
 
 
 def test_real_backbone_agrees_with_predictor(three_class_run, tmp_path):
@@ -234,7 +236,7 @@ def test_real_backbone_agrees_with_predictor(three_class_run, tmp_path):
     paths = [write_png(tmp_path / f"{i}.png", random_image(30 + 9 * i, 50, 20 + i)) for i in range(6)]
     items = tuple((path, i % 3) for i, path in enumerate(paths))
     dataset = Dataset(root=tmp_path, classes=tuple(labels), train=(), validation=items)
-    evaluation = evaluate(three_class_run, dataset, batch_size=4)
+    evaluation = evaluate(three_class_run, dataset, subset="all", batch_size=4)
     predictions = Predictor.from_run(three_class_run).predict(paths)
     right = sum(p.top_class == labels[label] for p, (_, label) in zip(predictions, items))
     assert evaluation.accuracy == pytest.approx(right / len(items))
@@ -256,4 +258,5 @@ def test_table_and_dict_forms(colour_run):
     assert data["confusion_matrix"] == evaluation.confusion_matrix
     assert data["total"] == len(IMAGES)
     assert {item["path"] for item in data["misclassified"]} == {m.path for m in evaluation.misclassified}
-    assert set(data["misclassified"][0]) == {"path", "true_class", "predicted_class", "confidence"}
+    assert set(data["misclassified"][0]) == {"path", "name", "true_class", "predicted_class", "confidence"}
+    assert data["split"] == "validation" and sorted(data["images"]) == sorted(name for name, _, _ in IMAGES)

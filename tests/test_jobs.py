@@ -58,6 +58,6 @@ def test_jobs_lists_every_submission_oldest_first(tiny, real_weights, tmp_path):
     import io
     import zipfile
 
-    names = zipfile.ZipFile(io.BytesIO(runs.export_bundle(second.run_dir))).namelist()
+    names = zipfile.ZipFile(io.BytesIO(runs.Run(second.run_dir).bundle())).namelist()
     folder = second.run_dir.name
     assert sorted(names) == sorted(f"{folder}/{n}" for n in ("model.keras", "labels.json", "config.json", "history.json"))

@@ -10,21 +10,15 @@ import keras
 import numpy as np
 import pytest
 
-from tlcore import dataset as datasets
-from tlcore import features, images, runs, training
+from tlcore import checking, features, images, runs
+from tlcore.config import Phase
 from tlcore.dataset import load_dataset
-from tlcore.features import DiskRows, FeatureCache, training_array, variant_key
+from tlcore.extraction import FeatureExtractor, body_fingerprint, forget_bodies, frozen_body
+from tlcore.features import FeatureCache, Rows
+from tlcore.inputs import ViewBatches, image_dataset
 from tlcore.model import ModelConfig, assemble, build_body, build_head
-from tlcore.training import (
-    FeatureExtractor,
-    TrainConfig,
-    TrainingJob,
-    ViewBatches,
-    cached_body,
-    compile_for,
-    forget_bodies,
-    image_dataset,
-)
+from tlcore.training import TrainConfig, TrainingJob, compile_for, stages
+from tlcore.training.events import Progress
 
 SMALL = ModelConfig(backbone="mobilenet_v2", alpha=0.35, input_size=96, dense_units=(16,), dropout=0.0)
 
@@ -38,7 +32,7 @@ def run_job(tmp_path, data, model=SMALL, settings=None, events=None):
 
 
 def extraction_events(events):
-    return [e for e in events if e["type"] == "progress" and e["phase"] == training.PHASE_EXTRACTING]
+    return [e for e in events if isinstance(e, Progress) and e.phase == Phase.EXTRACTING]
 
 
 def classic_predictions(config, settings, dataset):
@@ -105,15 +99,15 @@ def test_fast_path_predicts_like_the_classic_path_for_every_pooling(pooling, sma
     config = ModelConfig(**{**SMALL.to_dict(), "pooling": pooling})
     settings = TrainConfig(epochs=3, batch_size=8, seed=3)
     fed = []
-    original = training.feature_batches
-    monkeypatch.setattr(training, "feature_batches", lambda x, *a: fed.append(type(x)) or original(x, *a))
+    original = stages.feature_batches
+    monkeypatch.setattr(stages, "feature_batches", lambda x, *a: fed.append(type(x)) or original(x, *a))
     job = run_job(tmp_path, small_dataset, config, settings)
     ours_model = runs.load_model(job.run_dir)
     theirs, validation = classic_predictions(config, settings, small_dataset)
     ours = ours_model.predict(validation, verbose=0)
     np.testing.assert_allclose(ours, theirs, atol=0.02)
     assert np.array_equal(ours > 0.5, theirs > 0.5)
-    assert fed[:2] == ([DiskRows, DiskRows] if pooling == "flatten" else [np.ndarray, np.ndarray])
+    assert fed[:2] == ([Rows, Rows] if pooling == "flatten" else [np.ndarray, np.ndarray])
 
 
 # What the cache keeps and reuses --------------------------------------------------------------
@@ -121,89 +115,69 @@ def test_fast_path_predicts_like_the_classic_path_for_every_pooling(pooling, sma
 
 def test_pooled_features_are_cached_beside_the_map_and_reused_for_any_pooling(small_dataset, real_weights, tmp_path):
     run_job(tmp_path, small_dataset)
-    cache = FeatureCache(tmp_path / "work" / "features")
-    names = sorted(path.stem for path in cache.entries())
-    maps = [name for name in names if "-" not in name]
-    assert len(maps) == 2 and sorted(names) == sorted(m + suffix for m in maps for suffix in ("", "-avg", "-max"))
-    for key in maps:
-        full, averaged = cache.get(key), cache.get(variant_key(key, "avg"))
+    shards = FeatureCache(tmp_path / "work" / "features").shards()
+    assert len(shards) == 2, "one shard for the training images, one for the validation images"
+    for shard in shards:
+        assert set(shard.variants) == {"map", "avg", "max"}
+        full, averaged = shard.array("map"), shard.array("avg")
         assert full.dtype == np.float16 and averaged.dtype == np.float32
-        assert averaged.shape == (full.shape[0], full.shape[-1])
+        assert averaged.shape == (full.shape[0], full.shape[-1]) == (len(shard.ids), full.shape[-1])
         np.testing.assert_allclose(averaged, full.astype("float32").mean(axis=(1, 2)), rtol=2e-3, atol=2e-3)
     for pooling in ("max", "flatten"):
         events = []
         run_job(tmp_path, small_dataset, ModelConfig(**{**SMALL.to_dict(), "pooling": pooling}), events=events)
-        assert extraction_events(events) and all(e.get("cached") for e in extraction_events(events))
+        assert extraction_events(events) and all(e.cached for e in extraction_events(events))
 
 
-def test_pooled_features_are_made_from_a_cached_map_without_the_backbone(small_dataset, real_weights, tmp_path, monkeypatch):
-    run_job(tmp_path, small_dataset)
-    cache = FeatureCache(tmp_path / "work" / "features")
-    for path in cache.entries():
-        if path.stem.endswith("-max"):
-            path.unlink()
-    monkeypatch.setattr(training, "cached_extractor", lambda *args: pytest.fail("the backbone ran again"))
-    events = []
-    run_job(tmp_path, small_dataset, ModelConfig(**{**SMALL.to_dict(), "pooling": "max"}), events=events)
-    assert all(e.get("cached") for e in extraction_events(events))
-    assert len([p for p in cache.entries() if p.stem.endswith("-max")]) == 2
-
-
-def test_random_weights_never_reuse_features(small_dataset, tmp_path):
+def test_random_weights_drawn_anew_never_reuse_features(small_dataset, tmp_path):
     config = ModelConfig(**{**SMALL.to_dict(), "weights": "none"})
     run_job(tmp_path, small_dataset, config)
+    keras.utils.set_random_seed(12345)  # the next body's weights are drawn from another state
     events = []
     run_job(tmp_path, small_dataset, config, events=events)
-    assert not any(e.get("cached") for e in extraction_events(events))
-
-
-def test_writing_past_the_size_bound_evicts_the_least_recently_used_but_never_entries_in_use(tmp_path):
-    entry_bytes = 128 + 1000 * 4 * 2  # header and 4,000 float16 values
-    cache = FeatureCache(tmp_path / "cache", max_bytes=3 * entry_bytes)
-    for index in range(6):
-        writer = cache.create(f"entry{index}", (1000, 4))
-        writer.write(np.ones((1000, 4)))
-        writer.commit(keep={"entry0"} if index < 5 else {"entry0", "entry1"})
-        # Distinct times of use, oldest first, so the order does not hang on the clock's resolution.
-        os.utime(cache.folder / f"entry{index}.npy", (1000 + index, 1000 + index))
-        assert cache.size() <= cache.max_bytes
-    assert sorted(p.stem for p in cache.entries()) == ["entry0", "entry4", "entry5"]
-
-
-def test_disk_rows_read_the_rows_asked_for_without_mapping_the_file(tmp_path):
-    cache = FeatureCache(tmp_path / "cache")
-    values = np.random.default_rng(0).normal(size=(50, 3, 2)).astype("float16")
-    writer = cache.create("rows", values.shape)
-    writer.write(values[:20])
-    writer.write(values[20:])
-    stored = writer.commit()
-    rows = training_array(stored, max_bytes=10)
-    assert isinstance(rows, DiskRows) and len(rows) == 50 and rows.shape == values.shape
-    picked = np.array([0, 1, 2, 7, 30, 31, 49])
-    np.testing.assert_array_equal(rows[picked], values[picked])
-    np.testing.assert_array_equal(rows[5:9], values[5:9])
-    (cache.folder / "rows.npy").unlink()  # evicted meanwhile: the open file still reads
-    np.testing.assert_array_equal(rows[[3]], values[[3]])
-    in_memory = training_array(np.array(stored))
-    assert isinstance(in_memory, np.ndarray) and in_memory.dtype == np.float32
+    assert not any(e.cached for e in extraction_events(events))
 
 
 # Kept bodies and image checks ------------------------------------------------------------------
 
 
-def test_a_body_is_kept_per_backbone_cut_and_weights_file(real_weights):
+def test_a_body_is_kept_per_backbone_cut_and_weights_file(real_weights, tmp_path, monkeypatch):
+    home = tmp_path / "keras"
+    shutil.copytree(real_weights, home)
+    monkeypatch.setenv("KERAS_HOME", str(home))
     forget_bodies()
     config = SMALL.resolved()
-    first = cached_body(config)
-    assert cached_body(ModelConfig(**{**SMALL.to_dict(), "dense_units": (4,), "dropout": 0.3})) is first
-    assert cached_body(ModelConfig(**{**SMALL.to_dict(), "cut_layer": "block_12_add"})) is not first
-    weights = next((real_weights / "models").glob("*.h5"))
+    first = frozen_body(config)
+    assert frozen_body(ModelConfig(**{**SMALL.to_dict(), "dense_units": (4,), "dropout": 0.3})) is first
+    assert frozen_body(ModelConfig(**{**SMALL.to_dict(), "cut_layer": "block_12_add"})) is not first
+    weights = next((home / "models").glob("*.h5"))
     info = weights.stat()
     os.utime(weights, ns=(info.st_atime_ns, info.st_mtime_ns + 10**9))
-    assert cached_body(config) is not first
+    assert frozen_body(config) is first, "the same bytes with a new time are the same weights"
+    weights.write_bytes(weights.read_bytes())  # rewritten, unchanged
+    assert frozen_body(config) is first
+    from weights_files import random_backbone_weights
+
+    random_backbone_weights("MobileNetV2", weights, alpha=0.35)
+    other = frozen_body(config)
+    assert other is not first and other.weights.digest != first.weights.digest
+    assert other.fingerprint != first.fingerprint
     random = ModelConfig(**{**SMALL.to_dict(), "weights": "none"})
-    assert cached_body(random) is not cached_body(random)
+    assert frozen_body(random) is not frozen_body(random)
     forget_bodies()
+
+
+def test_a_stage_that_trains_the_body_gets_a_copy_and_the_kept_body_is_untouched(real_weights):
+    from tlcore.extraction import body_copy
+
+    kept = frozen_body(SMALL)
+    copy = body_copy(kept)
+    assert copy is not kept.body and [layer.name for layer in copy.layers] == [layer.name for layer in kept.body.layers]
+    images = np.random.default_rng(0).uniform(-1, 1, (2, 96, 96, 3)).astype("float32")
+    np.testing.assert_allclose(copy(images, training=False), kept.body(images, training=False), rtol=1e-5, atol=1e-5)
+    copy.set_weights([w * 0.5 for w in copy.get_weights()])
+    assert body_fingerprint(kept.body) == kept.fingerprint
+    assert frozen_body(SMALL) is kept
 
 
 def test_image_checks_are_remembered_until_a_file_changes(tmp_path, horses_or_humans, monkeypatch):
@@ -223,7 +197,7 @@ def test_image_checks_are_remembered_until_a_file_changes(tmp_path, horses_or_hu
     again = load_dataset(root, work_dir=work)
     assert checked == [edited]
     assert [s.path for s in again.skipped] == [f"horses/{edited.name}"]
-    assert datasets.ImageChecks.MIN_IMAGES <= 300
+    assert checking.ImageChecks.MIN_IMAGES <= 300
 
 
 # Cached augmented views ---------------------------------------------------------------------------
@@ -233,15 +207,14 @@ def test_cached_augmented_views_are_extracted_once_and_cycled_through(small_data
     settings = TrainConfig(epochs=3, batch_size=8, seed=2, augment=True, augment_views=2)
     events = []
     job = run_job(tmp_path, small_dataset, settings=settings, events=events)
-    splits = {e["split"] for e in extraction_events(events)}
+    splits = {e.split for e in extraction_events(events)}
     assert splits == {"train, view 1", "train, view 2", "validation"}
     assert runs.load_model(job.run_dir).predict(np.zeros((1, 120, 80, 3)), verbose=0).shape == (1, 1)
-    cache = FeatureCache(tmp_path / "work" / "features")
-    view_keys = [p.stem for p in cache.entries()]
-    assert len(view_keys) == len(set(view_keys))
+    shards = FeatureCache(tmp_path / "work" / "features").shards()
+    assert len({shard.folder.name for shard in shards}) == 3, "each view is features of its own"
     events = []
     run_job(tmp_path, small_dataset, ModelConfig(**{**SMALL.to_dict(), "dense_units": (8,)}), settings, events)
-    assert all(e.get("cached") for e in extraction_events(events))
+    assert all(e.cached for e in extraction_events(events))
 
 
 def test_views_are_augmented_differently_and_batches_switch_view_each_epoch():
@@ -249,12 +222,13 @@ def test_views_are_augmented_differently_and_batches_switch_view_each_epoch():
     batches = ViewBatches(views, np.zeros(4, "int32"), 4, seed=0)
     seen = []
     for _ in range(4):
+        batches.on_epoch_begin()
         seen.append(float(batches[0][0][0, 0]))
         batches.on_epoch_end()
     assert seen == [0.0, 1.0, 2.0, 0.0]
 
 
 def test_augment_views_setting_is_checked():
-    with pytest.raises(Exception, match="augmented views"):
+    with pytest.raises(Exception, match="augmented copies"):
         TrainConfig(augment=True, augment_views=-1).resolved()
     assert TrainConfig.from_dict(TrainConfig(augment_views=3).to_dict()).augment_views == 3

@@ -61,9 +61,9 @@ def test_shapes_are_learnable_by_a_frozen_imagenet_backbone(tmp_path, real_weigh
     body.load_weights(next(assets_dir.glob("weights/mobilenet_v2*.h5")))
 
     def features(items):
-        pixels = np.stack([load_array(path) for path, _ in items]).astype("float32")
+        pixels = np.stack([load_array(item.path) for item in items]).astype("float32")
         inputs = keras.applications.mobilenet_v2.preprocess_input(pixels)
-        return body.predict(inputs, verbose=0), np.array([label for _, label in items])
+        return body.predict(inputs, verbose=0), np.array([item.label for item in items])
 
     probe = linear_model.LogisticRegression(max_iter=2000).fit(*features(data.train))
     assert probe.score(*features(data.validation)) >= 0.8

@@ -1,4 +1,4 @@
-"""The dashboard's shared module keeps Keras' state between page reruns."""
+"""The dashboard's one Streamlit patch keeps Keras' state between page reruns."""
 
 import keras
 
@@ -6,7 +6,7 @@ import keras
 def test_streamlit_no_longer_clears_keras_after_a_script_run(monkeypatch):
     from streamlit.runtime.scriptrunner import script_runner
 
-    import ui  # noqa: F401  (installs the fix on import)
+    import dashboard  # noqa: F401  (installs the fix on import)
 
     cleared = []
     monkeypatch.setattr(keras.backend, "clear_session", lambda *a, **k: cleared.append(True))

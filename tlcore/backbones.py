@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-import contextlib
 import collections
+import contextlib
+import hashlib
 import os
 import re
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -35,6 +37,10 @@ class BackboneSpec:
         default_alpha: Width multiplier used when the user picks none.
         weights_file: Function `(alpha, input_size) -> list of file names` Keras caches the
             ImageNet weights under, most specific first.
+        preprocess_mode: What the backbone's own `preprocess_input` does to RGB values 0-255:
+            `"tf"` scales them to [-1, 1], `"torch"` scales to [0, 1] and normalises with
+            ImageNet's mean and standard deviation, `"none"` passes them on (the network
+            rescales inside).
     """
 
     name: str
@@ -49,6 +55,7 @@ class BackboneSpec:
     cut_pattern: str
     default_cut: str
     weights_file: Callable[[float | None, int], list[str]]
+    preprocess_mode: str = "tf"
     alphas: tuple[float, ...] = ()
     default_alpha: float | None = None
 
@@ -172,6 +179,7 @@ BACKBONES: dict[str, BackboneSpec] = {
             cut_pattern=r"^(block\d[a-z]_add|top_activation)$",
             default_cut="top_activation",
             weights_file=_fixed("efficientnetb0_notop.h5"),
+            preprocess_mode="none",
         ),
         BackboneSpec(
             name="resnet50_v2",
@@ -217,6 +225,7 @@ BACKBONES: dict[str, BackboneSpec] = {
             cut_pattern=r"^(pool\d_relu|relu)$",
             default_cut="relu",
             weights_file=_fixed("densenet121_weights_tf_dim_ordering_tf_kernels_notop.h5"),
+            preprocess_mode="torch",
         ),
         BackboneSpec(
             name="mobilenet_v3_small",
@@ -231,6 +240,7 @@ BACKBONES: dict[str, BackboneSpec] = {
             cut_pattern=r"^(expanded_conv_\d+_add|activation_17)$",
             default_cut="activation_17",
             weights_file=_fixed("weights_mobilenet_v3_small_224_1.0_float_no_top_v2.h5"),
+            preprocess_mode="none",
         ),
     ]
 }
@@ -298,6 +308,76 @@ def _construct(spec: BackboneSpec, alpha: float | None, input_size: int, weights
         return constructor(**kwargs)
 
 
+_DOWNLOAD_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _download_redirected_to(path: Path):
+    """Makes `keras.applications` take `path` where it would download its ImageNet weights.
+
+    Building with `weights="imagenet"` is the only way to get Keras' own ImageNet model: some
+    constructors add layers only then (EfficientNet's extra input scaling). The applications
+    look `get_file` up on Keras' `file_utils` module at call time, so replacing it there for the
+    duration of one build hands them the file without a download.
+    """
+    from keras.src.utils import file_utils
+
+    with _DOWNLOAD_LOCK:
+        original = file_utils.get_file
+        file_utils.get_file = lambda *args, **kwargs: str(path)
+        try:
+            yield
+        finally:
+            file_utils.get_file = original
+
+
+@dataclass(frozen=True)
+class WeightsInfo:
+    """Which weights a backbone is built with.
+
+    Attributes:
+        source: `"imagenet"`, `"none"` or the path of a user's file, as configured.
+        path: The file actually loaded, once known (None for random weights, or ImageNet
+            weights not downloaded yet).
+        digest: SHA-256 of that file's bytes, or None.
+    """
+
+    source: str
+    path: Path | None = None
+    digest: str | None = None
+
+
+_DIGESTS: dict[tuple[str, int, int], str] = {}
+_DIGESTS_LOCK = threading.Lock()
+
+
+def file_digest(path: str | os.PathLike) -> str:
+    """SHA-256 of a file's bytes, computed once per path, size and modification time in this process."""
+    path = os.path.abspath(path)
+    info = os.stat(path)
+    key = (path, info.st_size, info.st_mtime_ns)
+    with _DIGESTS_LOCK:
+        known = _DIGESTS.get(key)
+    if known is None:
+        with open(path, "rb") as handle:
+            known = hashlib.file_digest(handle, "sha256").hexdigest()
+        with _DIGESTS_LOCK:
+            _DIGESTS[key] = known
+    return known
+
+
+def resolve_weights(name: str, alpha: float | None, input_size: int, weights) -> WeightsInfo:
+    """Tells which weights file a backbone would be built with now, without building it."""
+    spec = get_backbone(name)
+    source = weights_source(weights)
+    if source == "none":
+        return WeightsInfo("none")
+    path = find_cached_weights(spec, alpha, input_size) if source == "imagenet" else Path(source)
+    if path is None or not path.is_file():
+        return WeightsInfo(source, path)
+    return WeightsInfo(source, path, file_digest(path))
+
+
 def build_backbone(
     name: str,
     alpha: float | None = None,
@@ -305,6 +385,9 @@ def build_backbone(
     weights: str | os.PathLike | None = "imagenet",
 ):
     """Builds the whole pretrained backbone without its classifier.
+
+    ImageNet weights found on disk (Keras' cache or a user's file) are handed to Keras' own
+    `weights="imagenet"` build, so the model is exactly the one Keras builds after a download.
 
     Args:
         name: Backbone key, for example `inception_v3`.
@@ -320,28 +403,37 @@ def build_backbone(
         ModelConfigError: unknown backbone, alpha or input size.
         WeightsUnavailableError: the weights can be neither found nor downloaded.
     """
+    return build_backbone_with_weights(name, alpha, input_size, weights)[0]
+
+
+def build_backbone_with_weights(name, alpha=None, input_size=None, weights="imagenet"):
+    """`build_backbone`, also telling which weights file was loaded, as a `WeightsInfo`."""
     spec = get_backbone(name)
     alpha = spec.resolve_alpha(alpha)
     size = spec.resolve_input_size(input_size)
-    source = weights_source(weights)
-    if source == "none":
-        return _construct(spec, alpha, size, None)
-    if source == "imagenet":
-        cached = find_cached_weights(spec, alpha, size)
-        if cached is not None:
-            return _load_weights_file(spec, alpha, size, cached)
-        try:
-            return _construct(spec, alpha, size, "imagenet")
-        except Exception as error:  # Keras raises a bare Exception when the download fails.
-            wanted = spec.weights_file(alpha, size)[0]
-            raise WeightsUnavailableError(
-                f"The ImageNet weights of {spec.display_name} could not be downloaded "
-                f"({_first_line(error)}). Connect to the internet, or put the file `{wanted}` "
-                f"in `{keras_cache_dir()}` (the folder `$KERAS_HOME/models/`), or pass the "
-                "weights file itself (for example `--weights path/to/file.h5`), or choose "
-                "random weights."
-            ) from error
-    return _load_weights_file(spec, alpha, size, Path(source))
+    info = resolve_weights(spec.name, alpha, size, weights)
+    if info.source == "none":
+        return _construct(spec, alpha, size, None), info
+    if info.path is not None and info.path.is_file():
+        return _load_weights_file(spec, alpha, size, info.path), info
+    if info.source != "imagenet":
+        raise WeightsUnavailableError(
+            f"The weights file `{Path(info.source).name}` does not exist. Check the path, or use "
+            "`imagenet` to let Keras find or download the weights."
+        )
+    try:
+        model = _construct(spec, alpha, size, "imagenet")
+    except Exception as error:  # Keras raises a bare Exception when the download fails.
+        wanted = spec.weights_file(alpha, size)[0]
+        raise WeightsUnavailableError(
+            f"The ImageNet weights of {spec.display_name} could not be downloaded "
+            f"({_first_line(error)}). Connect to the internet, or put the file `{wanted}` "
+            f"in `{keras_cache_dir()}` (the folder `$KERAS_HOME/models/`), or pass the "
+            "weights file itself (for example `--weights path/to/file.h5`), or choose "
+            "random weights."
+        ) from error
+    # Now downloaded into the cache: say which file it was.
+    return model, resolve_weights(spec.name, alpha, size, "imagenet")
 
 
 def weights_source(weights) -> str:
@@ -355,21 +447,15 @@ def weights_source(weights) -> str:
 
 
 def _load_weights_file(spec: BackboneSpec, alpha, size: int, path: Path):
-    if not path.is_file():
-        raise WeightsUnavailableError(
-            f"The weights file `{path}` does not exist. Check the path, or use "
-            "`imagenet` to let Keras find or download the weights."
-        )
-    model = _construct(spec, alpha, size, None)
     try:
-        model.load_weights(str(path))
+        with _download_redirected_to(path):
+            return _construct(spec, alpha, size, "imagenet")
     except Exception as error:
         raise WeightsUnavailableError(
             f"The file `{path.name}` does not hold weights for {spec.display_name} "
             f"without its classifier ({_first_line(error)}). Use the `notop` weights file "
             f"of {spec.display_name}, for example `{spec.weights_file(alpha, size)[0]}`."
         ) from error
-    return model
 
 
 def _first_line(error: BaseException) -> str:

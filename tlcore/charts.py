@@ -49,7 +49,9 @@ def _metric_axes(figure: go.Figure, metric: str) -> None:
         figure.update_yaxes(rangemode="tozero")
 
 
-def history_figure(history: Mapping[str, Sequence], metric: str = "accuracy", title: str | None = None) -> go.Figure:
+def history_figure(
+    history: Mapping[str, Sequence], metric: str = "accuracy", title: str | None = None, best_epoch: int | None = None
+) -> go.Figure:
     """Training and validation curves of one run, one point per epoch.
 
     Args:
@@ -57,6 +59,7 @@ def history_figure(history: Mapping[str, Sequence], metric: str = "accuracy", ti
             missing or shorter while a run is still going).
         metric: `"accuracy"` or `"loss"`.
         title: Figure title; defaults to the metric's name.
+        best_epoch: The epoch (from 1) early stopping restored, marked with a line; None for none.
 
     Returns:
         A figure with one trace per curve present in `history`.
@@ -83,6 +86,12 @@ def history_figure(history: Mapping[str, Sequence], metric: str = "accuracy", ti
         )
     _style(figure, title or METRICS[metric], "Epoch", METRICS[metric])
     _metric_axes(figure, metric)
+    if best_epoch:
+        figure.add_vline(
+            x=best_epoch, line={"color": "#6b7280", "dash": "dash", "width": 1.5},
+            annotation={"text": f"kept: epoch {best_epoch}", "font": {"size": 12, "color": "#374151"}},
+            annotation_position="top left",
+        )
     return figure
 
 

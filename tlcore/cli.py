@@ -3,73 +3,76 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
 
 from tlcore.errors import TransferLabError
 
-POOLING_CHOICES = ("flatten", "avg", "max")
+def add_config_flags(parser: argparse.ArgumentParser, config_class, only=None, required=()) -> None:
+    """Adds one flag per field of `ModelConfig` or `TrainConfig`, from the field's metadata.
 
+    Args:
+        parser: The (sub)parser.
+        config_class: `ModelConfig` or `TrainConfig`.
+        only: Names of the fields to add; all when None.
+        required: Names of fields that must be given.
+    """
+    from tlcore.config import config_fields, flag_name
 
-def _add_backbone(parser: argparse.ArgumentParser, required: bool = False) -> None:
-    from tlcore.backbones import DEFAULT_BACKBONE
-
-    parser.add_argument(
-        "--backbone",
-        required=required,
-        default=None if required else DEFAULT_BACKBONE,
-        help="backbone key, for example inception_v3 or mobilenet_v2",
-    )
-    parser.add_argument("--alpha", type=float, default=None, help="width multiplier (MobileNetV2 only)")
-    parser.add_argument("--input-size", type=int, default=None, help="side of the square input in pixels")
-
-
-def _add_head(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--cut", default=None, help="layer to cut the backbone at (default: the backbone's usual)")
-    parser.add_argument("--pooling", choices=POOLING_CHOICES, default="avg")
-    parser.add_argument(
-        "--dense", type=int, nargs="+", default=[128], metavar="UNITS", help="hidden Dense layers; 0 for none"
-    )
-    parser.add_argument("--dropout", type=float, default=0.2)
-    parser.add_argument("--weights", default="imagenet", help="imagenet, none, or the path of a weights file")
+    for item in config_fields(config_class):
+        if only is not None and item.name not in only:
+            continue
+        meta = item.metadata
+        default = item.default if item.default is not dataclasses.MISSING else item.default_factory()
+        kind = meta.get("kind") or type(default).__name__
+        options = {"dest": item.name, "help": meta.get("help")}
+        if item.name in required:
+            options["required"] = True
+        else:
+            options["default"] = list(default) if isinstance(default, tuple) else default
+        if kind == "bool":
+            parser.add_argument(flag_name(item), action="store_true", **{k: v for k, v in options.items() if k != "default"})
+            continue
+        if kind == "units":
+            options.update(type=int, nargs="+", metavar="UNITS")
+        elif kind in ("int", "optional int"):
+            options["type"] = int
+        elif kind in ("float", "optional float"):
+            options["type"] = float
+        if meta.get("choices"):
+            options["choices"] = meta["choices"]
+        parser.add_argument(flag_name(item), **options)
 
 
 def _json_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print one JSON object as the last line")
 
 
+BACKBONE_FLAGS = ("backbone", "alpha", "input_size")
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from tlcore.config import SUBSETS, ModelConfig, TrainConfig
+
     parser = argparse.ArgumentParser(prog="python -m tlcore", description="Transfer Lab: image classifiers by transfer learning.")
     sub = parser.add_subparsers(dest="command", required=True)
 
     layers = sub.add_parser("layers", help="list every layer of a backbone")
-    _add_backbone(layers, required=True)
+    add_config_flags(layers, ModelConfig, only=BACKBONE_FLAGS, required=("backbone",))
     _json_flag(layers)
 
     summary = sub.add_parser("summary", help="parameter counts of a model, without training it")
-    _add_backbone(summary, required=True)
-    _add_head(summary)
+    add_config_flags(summary, ModelConfig, required=("backbone",))
     summary.add_argument("--classes", type=int, required=True, help="number of classes")
     _json_flag(summary)
 
     train = sub.add_parser("train", help="train a classifier on a folder or zip of images")
     train.add_argument("data", help="dataset folder or .zip (one folder per class)")
-    _add_backbone(train)
-    _add_head(train)
-    train.add_argument("--epochs", type=int, default=10)
-    train.add_argument("--batch-size", type=int, default=32)
-    train.add_argument("--learning-rate", type=float, default=0.001)
-    train.add_argument("--optimizer", choices=("rmsprop", "adam", "sgd"), default="adam")
-    train.add_argument("--augment", action="store_true", help="random flips, rotations, zooms and shifts")
-    train.add_argument(
-        "--augment-views", type=int, default=0,
-        help="with --augment: N augmented copies per image, extracted once and reused (fast); 0 makes new ones every epoch",
-    )
-    train.add_argument("--early-stopping", action="store_true", help="stop when validation loss stops improving")
-    train.add_argument("--val-split", type=float, default=0.2, help="validation fraction when the data is not split")
-    train.add_argument("--seed", type=int, default=0)
-    train.add_argument("--runs-dir", default=None, help="where run folders go (default: runs/)")
+    add_config_flags(train, ModelConfig)
+    add_config_flags(train, TrainConfig)
+    train.add_argument("--runs-dir", default=None, help="where run folders go (default: $TLCORE_RUNS or runs/)")
     _json_flag(train)
 
     predict = sub.add_parser("predict", help="class probabilities of images")
@@ -77,32 +80,38 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("images", nargs="+")
     _json_flag(predict)
 
-    evaluate = sub.add_parser("evaluate", help="accuracy, per-class metrics and confusion matrix")
+    evaluate = sub.add_parser(
+        "evaluate",
+        help="accuracy, per-class metrics and confusion matrix",
+        description="Scores a run's model. By default: a test split when there is one (DATA's test/ folder, "
+        "or the run's own), else the run's validation images; never images it trained on.",
+    )
     evaluate.add_argument("run_dir")
-    evaluate.add_argument("data", help="dataset folder or .zip")
+    evaluate.add_argument("data", nargs="?", default=None,
+                          help="dataset folder or .zip; the run's own image files when left out")
+    evaluate.add_argument("--all", action="store_true", help="score every image of DATA")
+    evaluate.add_argument("--split", choices=[s for s in SUBSETS if s != "all"], default=None,
+                          help="score the run's validation or training images, or DATA's test folder")
     _json_flag(evaluate)
 
     inspect = sub.add_parser("inspect", help="health report of a dataset")
     inspect.add_argument("data", help="dataset folder or .zip")
-    inspect.add_argument("--val-split", type=float, default=0.2)
-    inspect.add_argument("--seed", type=int, default=0)
+    add_config_flags(inspect, TrainConfig, only=("val_split", "seed"))
     _json_flag(inspect)
     return parser
 
 
-def _model_config(args):
-    from tlcore.model import ModelConfig
+def _config(config_class, args):
+    from tlcore.config import config_fields
 
-    return ModelConfig(
-        backbone=args.backbone,
-        alpha=args.alpha,
-        input_size=args.input_size,
-        cut_layer=args.cut,
-        pooling=args.pooling,
-        dense_units=tuple(args.dense),
-        dropout=args.dropout,
-        weights=args.weights,
-    )
+    values = {item.name: getattr(args, item.name) for item in config_fields(config_class) if hasattr(args, item.name)}
+    return config_class.from_dict(values)
+
+
+def _model_config(args):
+    from tlcore.config import ModelConfig
+
+    return _config(ModelConfig, args)
 
 
 def _cmd_layers(args) -> dict:
@@ -139,29 +148,33 @@ class _Progress:
         self.bar = None
         self.key = None
 
-    def __call__(self, event: dict) -> None:
+    def __call__(self, event) -> None:
         from tqdm import tqdm
 
-        if event["type"] == "progress":
-            key = (event.get("phase"), event.get("split"), event.get("epoch"))
+        from tlcore.training import events
+
+        if isinstance(event, events.Progress):
+            key = (event.phase, event.split, event.epoch)
             if key != self.key:
                 self.close()
-                label = event.get("phase", "")
-                if event.get("epoch"):
-                    label = f"epoch {event['epoch']}"
-                elif event.get("split"):
-                    label = f"features ({event['split']})"
-                self.bar = tqdm(total=event.get("total") or None, desc=label, file=sys.stderr, leave=False)
+                label = str(event.phase)
+                if event.epoch:
+                    label = f"epoch {event.epoch}"
+                elif event.split:
+                    label = f"features ({event.split})"
+                self.bar = tqdm(total=event.total or None, desc=label, file=sys.stderr, leave=False)
                 self.key = key
-            self.bar.n = event.get("done", 0)
+            self.bar.n = event.done
             self.bar.refresh()
-        elif event["type"] == "epoch":
+        elif isinstance(event, events.EpochEnded):
             self.close()
-            metrics = "  ".join(f"{k} {v:.4f}" for k, v in event["metrics"].items())
-            print(f"epoch {event['epoch']}: {metrics}", file=sys.stderr)
-        elif event["type"] == "phase":
+            metrics = "  ".join(f"{k} {v:.4f}" for k, v in event.metrics.items())
+            print(f"epoch {event.epoch}: {metrics}", file=sys.stderr)
+        elif isinstance(event, events.BestEpochRestored):
+            print(f"early stopping: the model keeps epoch {event.epoch}", file=sys.stderr)
+        elif isinstance(event, events.PhaseStarted):
             self.close()
-            print(f"{event['phase']}...", file=sys.stderr)
+            print(f"{event.phase}...", file=sys.stderr)
 
     def close(self) -> None:
         if self.bar is not None:
@@ -171,21 +184,11 @@ class _Progress:
 
 
 def _cmd_train(args) -> dict:
-    from tlcore.training import TrainConfig, TrainingJob, result_dict
+    from tlcore.config import TrainConfig
+    from tlcore.training import TrainingJob, result_dict
 
-    train_config = TrainConfig(
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        learning_rate=args.learning_rate,
-        optimizer=args.optimizer,
-        augment=args.augment,
-        augment_views=args.augment_views,
-        early_stopping=args.early_stopping,
-        val_split=args.val_split,
-        seed=args.seed,
-    )
     progress = _Progress()
-    job = TrainingJob(args.data, _model_config(args), train_config, runs_dir=args.runs_dir, on_event=progress)
+    job = TrainingJob(args.data, _model_config(args), _config(TrainConfig, args), runs_dir=args.runs_dir, on_event=progress)
     job.start()
     try:
         job.wait()
@@ -196,11 +199,11 @@ def _cmd_train(args) -> dict:
     progress.close()
     result = result_dict(job)
     if not args.json:
-        history = result["history"]
-        print(f"Run:    {result['run_dir']}")
-        print(f"Status: {result['status']}" + (f" — {result['message']}" if result["message"] else ""))
-        if history["val_accuracy"]:
-            print(f"Validation accuracy: {history['val_accuracy'][-1]:.4f} (best {max(history['val_accuracy']):.4f})")
+        print(f"Run:    {plain(result['run_dir'])}")
+        print(f"Status: {result['status']}" + (f" — {plain(result['message'])}" if result["message"] else ""))
+        if result["val_accuracy"] is not None:
+            restored = f" (epoch {result['best_epoch']}, restored by early stopping)" if result["best_epoch"] else ""
+            print(f"Validation accuracy: {result['val_accuracy']:.4f}{restored}")
         phases = ", ".join(f"{k} {v:.1f}s" for k, v in result["phase_seconds"].items())
         print(f"Time:   {result['seconds']:.1f}s ({phases})")
     result["exit_code"] = 0 if result["status"] == "finished" else 1
@@ -217,25 +220,30 @@ def _cmd_predict(args) -> dict:
         results.append({"image": image, **prediction.to_dict()})
         if not args.json:
             shares = "  ".join(f"{name} {p:.1%}" for name, p in prediction.probabilities.items())
-            print(f"{image}: {prediction.top_class} ({prediction.confidence:.1%})  [{shares}]")
+            print(plain(f"{image}: {prediction.top_class} ({prediction.confidence:.1%})  [{shares}]"))
     return {"run_dir": args.run_dir, "predictions": results}
 
 
 def _cmd_evaluate(args) -> dict:
     from tlcore.dataset import load_dataset
     from tlcore.evaluate import evaluate
-    from tlcore.runs import read_run
+    from tlcore.runs import Run
 
-    info = read_run(args.run_dir)
-    train_config = info.config.get("train", {})
-    dataset = load_dataset(args.data, val_split=train_config.get("val_split", 0.2), seed=train_config.get("seed", 0))
-    result = evaluate(args.run_dir, dataset)
+    run = Run.open(args.run_dir)
+    dataset = None
+    if args.data is not None:
+        settings = run.train_config
+        dataset = load_dataset(args.data, val_split=settings.val_split, seed=settings.seed)
+    elif args.all:
+        raise TransferLabError("--all scores every image of a dataset: give its folder or zip too.")
+    result = evaluate(run.path, dataset, subset="all" if args.all else args.split)
     if not args.json:
+        print(f"Scored: {result.split} images ({result.total})")
         print(f"Accuracy: {result.accuracy:.4f}")
-        print(result.per_class_frame().to_string(index=False))
+        print(plain(result.per_class_frame().to_string(index=False)))
         print("Confusion matrix (rows: true class, columns: predicted):")
         for name, row in zip(result.classes, result.confusion_matrix):
-            print(f"  {name:>20}: {row}")
+            print(f"  {plain(name):>20}: {row}")
     return result.to_dict()
 
 
@@ -245,7 +253,7 @@ def _cmd_inspect(args) -> dict:
 
     report = health_report(load_dataset(args.data, val_split=args.val_split, seed=args.seed))
     if not args.json:
-        print(report.to_text())
+        print(plain(report.to_text()))
     return report.to_dict()
 
 
@@ -273,6 +281,11 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.flush()
         print(json.dumps(result, default=_json_default))
     return exit_code
+
+
+def plain(text) -> str:
+    """Text safe for a terminal: control characters a user's file or folder name may hold are shown escaped."""
+    return "".join(c if c in "\n\t" or c.isprintable() else repr(c)[1:-1] for c in str(text))
 
 
 def _json_default(value):

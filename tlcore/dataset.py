@@ -1,54 +1,71 @@
-"""Finding a dataset's classes and images in a folder or zip, checking them, and splitting them for training."""
+"""A dataset ready for training: its classes and labelled images, checked and split the same way every time."""
 
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import random
-import uuid
 from collections import defaultdict
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Callable, Iterable, Sequence, TypeVar
+from typing import NamedTuple
 
-from tlcore import images
 from tlcore.archive import ZipLimits, extract_zip, open_zip
+from tlcore.checking import CheckedFile, Progress, check_files, map_in_threads  # noqa: F401  (re-exported)
 from tlcore.errors import DatasetError
-
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
-SPLIT_NAMES = {"train": "train", "validation": "validation", "val": "validation", "valid": "validation", "test": "test"}
-# A file tlcore itself keeps in a dataset folder (e.g. a sample's completion marker); never reported.
-METADATA_FILE = ".tlcore.json"
-MAX_WRAPPER_FOLDERS = 2
-
-GOOD_LAYOUT = (
-    "A dataset is one folder per class with the images inside, for example `cats/1.jpg` and `dogs/1.jpg`, "
-    "optionally inside `train/` and `validation/` folders."
+from tlcore.images import ImageCheck
+from tlcore.layout import (  # noqa: F401  (re-exported: where callers found them before)
+    ALL,
+    GOOD_LAYOUT,
+    IMAGE_EXTENSIONS,
+    METADATA_FILE,
+    SPLIT_NAMES,
+    ClassFile,
+    Skipped,
+    is_image_name,
+    list_files,
+    read_layout,
 )
 
-_JUNK_FILES = {
-    ".ds_store": "macOS folder settings",
-    "thumbs.db": "Windows thumbnail cache",
-    "desktop.ini": "Windows folder settings",
-}
-_JUNK_FOLDERS = {"__macosx": "macOS metadata folder"}
 
-T = TypeVar("T")
-R = TypeVar("R")
+class Item(NamedTuple):
+    """One labelled image.
 
-Progress = Callable[[str, int, int], None]
-"""Called as `progress(stage, done, total)`, stage being "unpacking", "checking" or "converting"."""
+    Attributes:
+        path: The file TensorFlow reads: the original, or its PNG copy in the work folder.
+        label: Index of its class in `Dataset.classes`.
+        name: Its path in the dataset as the user sees it, relative to the dataset folder.
+        digest: Names its pixels by its bytes; features are cached under it.
+    """
+
+    path: Path
+    label: int
+    name: str = ""
+    digest: str = ""
 
 
-@dataclass(frozen=True)
-class Skipped:
-    """A file left out of the dataset, and why, in words a user understands."""
+def as_item(entry, root: Path | None = None) -> Item:
+    """An `Item` from an `Item` or a `(path, label)` pair; a pair's digest is read from its file."""
+    if isinstance(entry, Item) and entry.digest:
+        return entry
+    path, label = Path(entry[0]), int(entry[1])
+    name = entry[2] if len(entry) > 2 and entry[2] else _relative_name(path, root)
+    try:
+        with open(path, "rb") as handle:
+            digest = hashlib.file_digest(handle, "sha256").hexdigest()
+    except OSError:
+        digest = ""
+    return Item(path, label, name, digest)
 
-    path: str
-    reason: str
+
+def _relative_name(path: Path, root: Path | None) -> str:
+    if root is not None:
+        try:
+            return path.relative_to(root).as_posix()
+        except ValueError:
+            pass
+    return path.name
 
 
 @dataclass(frozen=True)
@@ -58,29 +75,52 @@ class Dataset:
     Attributes:
         root: Folder the dataset was read from (for a zip, the folder it was unpacked into).
         classes: Class names, sorted; a label is an index into this tuple.
-        train: `(path, label)` pairs used to fit the model.
-        validation: `(path, label)` pairs used to measure it; never augmented.
-        test: `(path, label)` pairs of an optional held-out split.
+        train: The `Item`s used to fit the model.
+        validation: The `Item`s used to measure it; never augmented.
+        test: The `Item`s of an optional held-out split.
         presplit: True when the folder came split into train and validation.
         skipped: Files left out, with the reason; paths are relative to `root`.
         warnings: Problems that do not stop training, in plain sentences.
-        converted: `(png_path, original)` for each PNG copy made for TensorFlow this time,
-            the original given relative to `root`.
+        details: What checking found about each image, by its name.
+
+    `(path, label)` pairs are accepted for the splits and made into `Item`s.
     """
 
     root: Path
     classes: tuple[str, ...]
-    train: tuple[tuple[Path, int], ...]
-    validation: tuple[tuple[Path, int], ...]
-    test: tuple[tuple[Path, int], ...] = ()
+    train: tuple[Item, ...]
+    validation: tuple[Item, ...]
+    test: tuple[Item, ...] = ()
     presplit: bool = False
     skipped: tuple[Skipped, ...] = field(default_factory=tuple)
     warnings: tuple[str, ...] = field(default_factory=tuple)
-    converted: tuple[tuple[Path, str], ...] = field(default_factory=tuple)
+    details: dict[str, ImageCheck] = field(default_factory=dict, compare=False, repr=False)
+
+    def __post_init__(self):
+        for split in ("train", "validation", "test"):
+            items = getattr(self, split)
+            if any(not isinstance(item, Item) or not item.digest for item in items):
+                object.__setattr__(self, split, tuple(as_item(item, Path(self.root)) for item in items))
 
     @property
     def num_classes(self) -> int:
         return len(self.classes)
+
+    @property
+    def converted(self) -> tuple[tuple[Path, str], ...]:
+        """`(copy, name)` for each image read from a PNG copy TensorFlow decodes like Pillow."""
+        return tuple(
+            (item.path, item.name)
+            for split in (self.train, self.validation, self.test)
+            for item in split
+            if (check := self.details.get(item.name)) is not None and check.needs_conversion
+        )
+
+    def split(self, name: str) -> tuple[Item, ...]:
+        """The items of `"train"`, `"validation"` or `"test"`."""
+        if name not in ("train", "validation", "test"):
+            raise ValueError(f"Unknown split `{name}`. Choose one of: train, validation, test.")
+        return getattr(self, name)
 
     def counts(self) -> dict[str, dict[str, int]]:
         """Image count per split and class, for reports and charts."""
@@ -90,28 +130,23 @@ class Dataset:
             if split == "test" and not items:
                 continue
             per = {name: 0 for name in self.classes}
-            for _, label in items:
-                per[self.classes[label]] += 1
+            for item in items:
+                per[self.classes[item.label]] += 1
             result[split] = per
         return result
 
     @cached_property
-    def _originals(self) -> dict[Path, str]:
-        return dict(self.converted)
+    def _names(self) -> dict[Path, str]:
+        return {Path(item.path): item.name for split in (self.train, self.validation, self.test) for item in split}
 
     def display_path(self, path: Path) -> str:
         """How to name an image to the user: its path in the dataset, even for a converted copy."""
-        original = self._originals.get(Path(path))
-        if original is not None:
-            return original
-        try:
-            return Path(path).relative_to(self.root).as_posix()
-        except ValueError:
-            return Path(path).name
+        name = self._names.get(Path(path))
+        return name if name else _relative_name(Path(path), Path(self.root))
 
 
 def default_work_dir() -> Path:
-    """The folder where unpacked zips, converted images and samples are kept.
+    """The folder where unpacked zips, converted images, checks and features are kept.
 
     Returns:
         `$TLCORE_HOME` when set, else `~/.tlcore`.
@@ -119,28 +154,44 @@ def default_work_dir() -> Path:
     return Path(os.environ.get("TLCORE_HOME") or Path.home() / ".tlcore")
 
 
-def is_image_name(path: Path) -> bool:
-    return path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
+def split_seed(seed: int, class_name: str) -> int:
+    """The seed of one class's split: the same class splits the same whatever other classes exist."""
+    return int.from_bytes(hashlib.sha256(f"{int(seed)}\x00{class_name}".encode()).digest()[:8], "big")
 
 
 def stratified_split(
-    files_by_class: dict[str, list[Path]], classes: tuple[str, ...], val_split: float, seed: int
-) -> tuple[list[tuple[Path, int]], list[tuple[Path, int]]]:
+    files_by_class: dict[str, list], classes: tuple[str, ...], val_split: float, seed: int, key=None
+) -> tuple[list, list]:
     """Splits each class separately so both splits keep the class proportions.
 
-    Every class keeps at least one image in each split when it has two or more.
+    Each class is shuffled by its own generator, seeded from `(seed, class name)`, after sorting
+    its files by `key` (by default the file itself): with keys that name a picture within its
+    class folder, a class splits the same wherever the dataset lies and whatever classes are
+    added. Every class keeps at least one image in each split when it has two or more.
+
+    Args:
+        files_by_class: The files of each class.
+        classes: Class names in label order.
+        val_split: Fraction of each class held out for validation.
+        seed: Seed of the split.
+        key: Sort key of one file; the file itself when None.
+
+    Returns:
+        `(train, validation)` lists of `(file, label)`, each sorted by `key` within a class.
     """
     _check_val_split(val_split)
-    rng = random.Random(seed)
+    key = key or (lambda file: file)
     train, validation = [], []
     for label, name in enumerate(classes):
-        files = sorted(files_by_class.get(name, []))
-        rng.shuffle(files)
+        files = sorted(files_by_class.get(name, []), key=key)
+        shuffled = list(files)
+        random.Random(split_seed(seed, name)).shuffle(shuffled)
         n_val = int(round(len(files) * val_split))
         if len(files) >= 2:
             n_val = min(max(n_val, 1), len(files) - 1)
-        validation += [(p, label) for p in sorted(files[:n_val])]
-        train += [(p, label) for p in sorted(files[n_val:])]
+        held = {id(file) for file in shuffled[:n_val]}
+        validation += [(file, label) for file in files if id(file) in held]
+        train += [(file, label) for file in files if id(file) not in held]
     return train, validation
 
 
@@ -151,9 +202,9 @@ def _check_val_split(val_split: float) -> None:
         )
 
 
-def load_folder(root: str | Path, val_split: float = 0.2, seed: int = 0) -> Dataset:
-    """Reads a dataset folder; kept for older callers, see `load_dataset`."""
-    return load_dataset(root, val_split=val_split, seed=seed)
+def load_folder(root: str | Path, val_split: float = 0.2, seed: int = 0, work_dir: str | Path | None = None) -> Dataset:
+    """Reads a dataset folder; see `load_dataset`."""
+    return load_dataset(root, val_split=val_split, seed=seed, work_dir=work_dir)
 
 
 def load_dataset(
@@ -167,23 +218,23 @@ def load_dataset(
 ) -> Dataset:
     """Reads a dataset from a folder or a zip, checks every image and splits it for training.
 
-    Accepted layouts: one folder per class; the same inside one wrapper folder; or `train/` and
-    `validation/` (also `val/`, `valid/`, any case) with an optional `test/`, each holding the
-    class folders. Junk (macOS and Windows metadata, hidden and non-image files) and unreadable
-    images are left out and listed in `skipped`. Images TensorFlow would decode differently
-    (TIFF, WebP, CMYK, 16-bit, rotated photos, ...) are replaced by PNG copies; a user's folder is
-    never written to.
+    The layout comes from the file names (`tlcore.layout.read_layout`); every image is then
+    decoded once (`tlcore.checking.check_files`): unreadable ones are left out and listed in
+    `skipped`, and those TensorFlow would decode differently are read from PNG copies in the
+    work folder. A user's folder is never written to. Without a validation folder each class is
+    split by the names of its files (see `stratified_split`), so the split does not depend on
+    where the dataset or the work folder lie.
 
     Args:
         source: A dataset folder or a `.zip` file.
         val_split: Fraction of each class held out for validation when there is no validation folder.
         seed: Seed of that split, so the same data always splits the same way.
-        work_dir: Where zips are unpacked and converted copies kept; default `default_work_dir()`.
+        work_dir: Where zips are unpacked and checks and copies kept; default `default_work_dir()`.
         limits: Safety limits for zips; default `ZipLimits()`.
-        progress: Optional callback, see `Progress`.
+        progress: Optional callback, see `tlcore.checking.Progress`.
 
     Returns:
-        The dataset, with paths that `tf.io.decode_image` reads like `images.load_rgb`.
+        The dataset.
 
     Raises:
         DatasetError: the source is missing, not a zip, empty, or not laid out as a dataset.
@@ -193,13 +244,113 @@ def load_dataset(
     source = Path(source)
     work_dir = Path(work_dir) if work_dir is not None else default_work_dir()
     if source.is_dir():
-        top, converted_dir = source, work_dir / "converted"
+        top = source
     elif source.is_file():
-        top, converted_dir = unpack_zip(source, work_dir, limits, progress), None
+        top = unpack_zip(source, work_dir, limits, progress)
     else:
         raise DatasetError(f"`{source}` does not exist. Choose a dataset folder or a .zip file.")
-    checks = ImageChecks(work_dir / "checks", top)
-    return _Scan(top, source.name, converted_dir, progress, checks).build(val_split, seed)
+    layout = read_layout(list_files(top), source.name)
+    files = layout.files()
+    checked = dict(zip((file.parts for file in files), check_files(top, [f.parts for f in files], work_dir, progress)))
+    return _build(top, source.name, layout, checked, val_split, seed)
+
+
+def _build(top: Path, name: str, layout, checked: dict, val_split: float, seed: int) -> Dataset:
+    skipped = list(layout.skipped)
+    warnings = list(layout.warnings)
+    usable: dict[str, dict[str, list[tuple[ClassFile, CheckedFile]]]] = {}
+    for split, per_class in layout.splits.items():
+        usable[split] = {}
+        for class_name, files in per_class.items():
+            kept = []
+            for file in files:
+                result = checked[file.parts]
+                if result.problem:
+                    skipped.append(Skipped(file.name, result.problem))
+                else:
+                    kept.append((file, result))
+            usable[split][class_name] = kept
+    training = usable.get(ALL) or usable.get("train", {})
+    classes = _classes(name, training, usable, warnings)
+
+    def items(pairs) -> list[Item]:
+        return [Item(result.path, label, file.name, result.digest) for (file, result), label in pairs]
+
+    def labelled(per_class) -> list[Item]:
+        pairs = [(entry, label) for label, c in enumerate(classes) for entry in sorted(per_class.get(c, []), key=_within)]
+        return items(pairs)
+
+    if not layout.presplit or "validation" not in usable:
+        train, validation = stratified_split(training, classes, val_split, seed, key=_within)
+        train, validation = items(train), items(validation)
+        if layout.presplit:
+            warnings.append(
+                f"There is no validation folder, so {val_split:.0%} of each class's training images "
+                "are held out to measure the model."
+            )
+    else:
+        train, validation = labelled(usable["train"]), labelled(usable["validation"])
+    test = labelled(usable.get("test", {}))
+    _check_training_counts(classes, train)
+    details = {file.name: result.check for per_class in usable.values() for entries in per_class.values()
+               for file, result in entries}
+    return Dataset(
+        root=top,
+        classes=classes,
+        train=tuple(train),
+        validation=tuple(validation),
+        test=tuple(test),
+        presplit=layout.presplit and "validation" in usable,
+        skipped=tuple(sorted(skipped, key=lambda item: item.path)),
+        warnings=tuple(warnings),
+        details=details,
+    )
+
+
+def _within(entry) -> str:
+    file = entry[0] if isinstance(entry, tuple) else entry
+    return file.within
+
+
+def _classes(name: str, training: dict, usable: dict, warnings: list[str]) -> tuple[str, ...]:
+    for class_name, files in training.items():
+        if not files:
+            warnings.append(f"The class folder `{class_name}` has no usable images and was left out.")
+    classes = tuple(sorted(class_name for class_name, files in training.items() if files))
+    for split, per_class in usable.items():
+        if split in (ALL, "train"):
+            continue
+        for class_name, files in per_class.items():
+            if files and class_name not in classes:
+                raise DatasetError(
+                    f"The class `{class_name}` has images in `{split}` but none for training. "
+                    f"Add its images to the `train` folder too. {GOOD_LAYOUT}"
+                )
+        for class_name in classes:
+            if not per_class.get(class_name):
+                warnings.append(
+                    f"The class `{class_name}` has no {split} images, so the model's {split} results "
+                    "say nothing about it."
+                )
+    if len(classes) < 2:
+        if not classes:
+            raise DatasetError(f"The dataset `{name}` holds no readable images. {GOOD_LAYOUT}")
+        raise DatasetError(
+            f"The dataset has only one class (`{classes[0]}`), but a classifier needs at least two. {GOOD_LAYOUT}"
+        )
+    return classes
+
+
+def _check_training_counts(classes: tuple[str, ...], train: list[Item]) -> None:
+    counts = [0] * len(classes)
+    for item in train:
+        counts[item.label] += 1
+    for name, count in zip(classes, counts):
+        if count < 2:
+            raise DatasetError(
+                f"The class `{name}` leaves only {count} image(s) for training, but each class needs at least "
+                f"2 to learn from, plus some to check the model. Add more images of `{name}`."
+            )
 
 
 def unpack_zip(
@@ -239,369 +390,3 @@ def unpack_zip(
         raise
 
 
-def map_in_threads(work: Callable[[T], R], items: Sequence[T], progress: Callable[[int, int], None] | None = None) -> list[R]:
-    """Applies `work` to every item on a few threads, keeping the order.
-
-    Pillow, hashing and file reads release the GIL, so threads give a real speed-up on image files.
-
-    Args:
-        work: The function to apply.
-        items: Its inputs.
-        progress: Called as `progress(done, total)` every few dozen items and at the end.
-
-    Returns:
-        The results, in the order of `items`.
-    """
-    results = []
-    with ThreadPoolExecutor(max_workers=min(16, (os.cpu_count() or 2) * 2)) as pool:
-        for done, result in enumerate(pool.map(work, items), start=1):
-            results.append(result)
-            if progress is not None and (done % 64 == 0 or done == len(items)):
-                progress(done, len(items))
-    return results
-
-
-def _junk_reason(name: str, is_dir: bool) -> str | None:
-    lower = name.lower()
-    if is_dir:
-        if lower in _JUNK_FOLDERS:
-            return _JUNK_FOLDERS[lower]
-        return "hidden folder" if name.startswith(".") else None
-    if lower in _JUNK_FILES:
-        return _JUNK_FILES[lower]
-    if name.startswith("._"):
-        return "macOS metadata file"
-    return "hidden file" if name.startswith(".") else None
-
-
-class _Scan:
-    """One reading of a dataset folder: the files found, then the layout, checks and conversions."""
-
-    def __init__(
-        self, top: Path, name: str, converted_dir: Path | None, progress: Progress | None, checks: "ImageChecks | None" = None
-    ):
-        self.top = top
-        self.name = name
-        self.converted_dir = converted_dir
-        self.progress = progress
-        self.checks = checks
-        self.skipped: list[Skipped] = []
-        self.warnings: list[str] = []
-        self.candidates: list[tuple[str, ...]] = []
-        self.converted: list[tuple[Path, str]] = []
-        self.any_file = False
-        self._walk()
-
-    def _skip(self, parts: Iterable[str], reason: str) -> None:
-        self.skipped.append(Skipped("/".join(parts), reason))
-
-    def _walk(self) -> None:
-        for folder, dirs, files in os.walk(self.top):
-            base = Path(folder).relative_to(self.top).parts
-            for name in sorted(dirs):
-                reason = _junk_reason(name, is_dir=True)
-                if reason:
-                    self.any_file = True
-                    self._skip(base + (name,), reason)
-                    dirs.remove(name)
-            dirs.sort()
-            for name in sorted(files):
-                self.any_file = True
-                if not base and name == METADATA_FILE:
-                    continue
-                reason = _junk_reason(name, is_dir=False)
-                if reason is None and Path(name).suffix.lower() not in IMAGE_EXTENSIONS:
-                    reason = "not an image file"
-                if reason:
-                    self._skip(base + (name,), reason)
-                else:
-                    self.candidates.append(base + (name,))
-
-    def build(self, val_split: float, seed: int) -> Dataset:
-        if not self.any_file:
-            raise DatasetError(f"The dataset `{self.name}` is empty. {GOOD_LAYOUT}")
-        if not self.candidates:
-            raise DatasetError(f"The dataset `{self.name}` holds no images (JPEG, PNG, ...). {GOOD_LAYOUT}")
-        prefix = self._unwrap()
-        splits = self._split_folders(prefix)
-        by_split = {split: self._class_files(prefixes) for split, prefixes in splits.items()}
-        by_split = self._checked(by_split)
-        if set(by_split) == {"all"}:
-            classes = self._classes(by_split["all"])
-            train, validation = stratified_split(by_split["all"], classes, val_split, seed)
-            test, presplit = [], False
-        else:
-            classes = self._classes(by_split.get("train", {}), by_split)
-            train = self._labelled(by_split["train"], classes)
-            if "validation" in by_split:
-                validation, presplit = self._labelled(by_split["validation"], classes), True
-            else:
-                train, validation = stratified_split(by_split["train"], classes, val_split, seed)
-                presplit = False
-                self.warnings.append(
-                    f"There is no validation folder, so {val_split:.0%} of each class's training images "
-                    "are held out to measure the model."
-                )
-            test = self._labelled(by_split.get("test", {}), classes)
-        self._check_training_counts(classes, train)
-        return Dataset(
-            root=self.top,
-            classes=classes,
-            train=tuple(train),
-            validation=tuple(validation),
-            test=tuple(test),
-            presplit=presplit,
-            skipped=tuple(sorted(self.skipped, key=lambda item: item.path)),
-            warnings=tuple(self.warnings),
-            converted=tuple(self.converted),
-        )
-
-    def _under(self, prefix: tuple[str, ...]) -> list[tuple[str, ...]]:
-        return [parts for parts in self.candidates if parts[: len(prefix)] == prefix]
-
-    def _children(self, prefix: tuple[str, ...]) -> tuple[set[str], list[tuple[str, ...]]]:
-        """Sub-folders of `prefix` that hold images, and the images directly inside it."""
-        depth = len(prefix)
-        below = self._under(prefix)
-        folders = {parts[depth] for parts in below if len(parts) > depth + 1}
-        direct = [parts for parts in below if len(parts) == depth + 1]
-        return folders, direct
-
-    def _unwrap(self) -> tuple[str, ...]:
-        """Steps into wrapper folders such as `My Pets/` that hold the whole dataset."""
-        prefix: tuple[str, ...] = ()
-        for _ in range(MAX_WRAPPER_FOLDERS):
-            folders, direct = self._children(prefix)
-            if direct or len(folders) != 1:
-                break
-            (only,) = folders
-            if only.lower() in SPLIT_NAMES or not self._children(prefix + (only,))[0]:
-                break
-            prefix += (only,)
-        return prefix
-
-    def _split_folders(self, prefix: tuple[str, ...]) -> dict[str, list[tuple[str, ...]]]:
-        """The folders holding each split's class folders; split "all" when the data is not split."""
-        folders, direct = self._children(prefix)
-        splits: dict[str, list[tuple[str, ...]]] = defaultdict(list)
-        for name in sorted(folders):
-            if name.lower() in SPLIT_NAMES:
-                splits[SPLIT_NAMES[name.lower()]].append(prefix + (name,))
-        if "train" not in splits:
-            if splits.get("validation"):
-                raise DatasetError(
-                    f"The dataset has a `{splits['validation'][0][-1]}` folder but no `train` folder. {GOOD_LAYOUT}"
-                )
-            return {"all": [prefix]}
-        for parts in direct:
-            self._skip(parts, "not inside a class folder")
-        for name in sorted(folders):
-            if name.lower() not in SPLIT_NAMES:
-                self.warnings.append(f"The folder `{name}` next to `train` was ignored.")
-                for parts in self._under(prefix + (name,)):
-                    self._skip(parts, "outside the train and validation folders")
-        return dict(splits)
-
-    def _class_files(self, prefixes: list[tuple[str, ...]]) -> dict[str, list[tuple[str, ...]]]:
-        """Image files of each class folder; images in sub-folders of a class belong to that class."""
-        files: dict[str, list[tuple[str, ...]]] = defaultdict(list)
-        nested_only = True
-        for prefix in prefixes:
-            folders, direct = self._children(prefix)
-            for parts in direct:
-                self._skip(parts, "not inside a class folder")
-            for name in sorted(folders):
-                class_prefix = prefix + (name,)
-                found = self._under(class_prefix)
-                nested_only &= all(len(parts) > len(class_prefix) + 1 for parts in found)
-                files[name] += found
-        if not files:
-            raise DatasetError(
-                f"The images in `{'/'.join(prefixes[0]) or self.name}` are not inside class folders. {GOOD_LAYOUT}"
-            )
-        if nested_only:
-            where = "/".join(prefixes[0]) or self.name
-            raise DatasetError(
-                f"The class folders in `{where}` hold no images themselves, only more folders: the images "
-                f"are nested too deep. {GOOD_LAYOUT}"
-            )
-        return dict(files)
-
-    def _checked(
-        self, by_split: dict[str, dict[str, list[tuple[str, ...]]]]
-    ) -> dict[str, dict[str, list[Path]]]:
-        """Decodes every image, leaves out unreadable ones and swaps in converted copies."""
-        every = [parts for per_class in by_split.values() for files in per_class.values() for parts in files]
-        checks = self._check_all(every)
-        usable: dict[tuple[str, ...], Path] = {}
-        to_convert = []
-        for parts, check in zip(every, checks):
-            if check.problem:
-                self._skip(parts, check.problem)
-            elif check.needs_conversion:
-                to_convert.append(parts)
-            else:
-                usable[parts] = self.top.joinpath(*parts)
-        for parts, converted in zip(to_convert, self._parallel("converting", self._convert, to_convert)):
-            if isinstance(converted, Path):
-                usable[parts] = converted
-                self.converted.append((converted, "/".join(parts)))
-            else:
-                self._skip(parts, converted)
-        return {
-            split: {name: [usable[parts] for parts in files if parts in usable] for name, files in per_class.items()}
-            for split, per_class in by_split.items()
-        }
-
-    def _check_all(self, every: list[tuple[str, ...]]) -> list[images.ImageCheck]:
-        """Checks every image, reusing the results for files unchanged since an earlier load."""
-        if self.checks is None:
-            return self._parallel("checking", lambda parts: images.check_image(self.top.joinpath(*parts)), every)
-        known = self.checks.load()
-        stamps = [self.checks.stamp(self.top, parts) for parts in every]
-        missing = [i for i, stamp in enumerate(stamps) if stamp is None or stamp not in known]
-        hits = len(every) - len(missing)
-        report = (lambda done, total: self.progress("checking", hits + done, len(every))) if self.progress else None
-        found = map_in_threads(lambda i: images.check_image(self.top.joinpath(*every[i])), missing, report)
-        if self.progress and not missing:
-            self.progress("checking", len(every), len(every))
-        fresh = dict(zip(missing, found))
-        results = [fresh[i] if i in fresh else known[stamps[i]] for i in range(len(every))]
-        if missing and len(every) >= ImageChecks.MIN_IMAGES:
-            self.checks.save({stamp: check for stamp, check in zip(stamps, results) if stamp is not None})
-        return results
-
-    def _parallel(self, stage: str, work: Callable, items: list) -> list:
-        report = (lambda done, total: self.progress(stage, done, total)) if self.progress else None
-        return map_in_threads(work, items, report)
-
-    def _convert(self, parts: tuple[str, ...]) -> Path | str:
-        """Writes the PNG copy of one image; returns its path, or the reason it failed."""
-        source = self.top.joinpath(*parts)
-        if self.converted_dir is None:
-            # An unpacked zip is our own copy, so the converted image replaces the original in place.
-            # `photo.tif` becomes `photo.tif.png`: a name only that file can claim, which stays safe
-            # while other threads convert `photo.webp` next to it.
-            target = source if source.suffix.lower() == ".png" else source.with_name(source.name + ".png")
-            if target != source and target.exists():
-                target = source.with_name(source.name + ".converted.png")
-        else:
-            info = source.stat()
-            key = f"{source.resolve()}|{info.st_size}|{info.st_mtime_ns}".encode()
-            target = self.converted_dir / hashlib.sha256(key).hexdigest()[:16] / (source.stem + ".png")
-            if target.is_file():
-                return target
-            target.parent.mkdir(parents=True, exist_ok=True)
-        partial = target.with_name(f".{target.name}.{os.getpid()}.partial")
-        try:
-            images.normalise_image(source, partial)
-            os.replace(partial, target)
-        except images.ImageError:
-            partial.unlink(missing_ok=True)
-            return images.CORRUPT
-        if self.converted_dir is None and target != source:
-            source.unlink()
-        return target
-
-    def _classes(
-        self, train_files: dict[str, list[Path]], by_split: dict[str, dict[str, list[Path]]] | None = None
-    ) -> tuple[str, ...]:
-        for name, files in train_files.items():
-            if not files:
-                self.warnings.append(f"The class folder `{name}` has no usable images and was left out.")
-        classes = tuple(sorted(name for name, files in train_files.items() if files))
-        for split, per_class in (by_split or {}).items():
-            for name, files in per_class.items():
-                if files and name not in classes:
-                    raise DatasetError(
-                        f"The class `{name}` has images in `{split}` but none for training. "
-                        f"Add its images to the `train` folder too. {GOOD_LAYOUT}"
-                    )
-            if split in ("validation", "test"):
-                for name in classes:
-                    if not per_class.get(name):
-                        self.warnings.append(
-                            f"The class `{name}` has no {split} images, so the model's {split} results "
-                            "say nothing about it."
-                        )
-        if len(classes) < 2:
-            if not classes:
-                raise DatasetError(f"The dataset `{self.name}` holds no readable images. {GOOD_LAYOUT}")
-            raise DatasetError(
-                f"The dataset has only one class (`{classes[0]}`), but a classifier needs at least two. "
-                f"{GOOD_LAYOUT}"
-            )
-        return classes
-
-    def _labelled(self, files_by_class: dict[str, list[Path]], classes: tuple[str, ...]) -> list[tuple[Path, int]]:
-        return [
-            (path, label) for label, name in enumerate(classes) for path in sorted(files_by_class.get(name, []))
-        ]
-
-    def _check_training_counts(self, classes: tuple[str, ...], train: list[tuple[Path, int]]) -> None:
-        counts = [0] * len(classes)
-        for _, label in train:
-            counts[label] += 1
-        for name, count in zip(classes, counts):
-            if count < 2:
-                raise DatasetError(
-                    f"The class `{name}` leaves only {count} image(s) for training, but each class needs at least "
-                    f"2 to learn from, plus some to check the model. Add more images of `{name}`."
-                )
-
-
-class ImageChecks:
-    """Results of `images.check_image` for one dataset folder, kept between loads.
-
-    Checking decodes every image, the slowest part of loading a dataset; a file whose size and
-    modification time are unchanged is not decoded again. The results live in the work folder,
-    never in the user's dataset folder.
-
-    Args:
-        folder: Where the results files are kept (one per dataset folder).
-        top: The dataset folder.
-    """
-
-    VERSION = 1
-    # Fewer images are checked in a blink; their results are not worth a file.
-    MIN_IMAGES = 100
-
-    def __init__(self, folder: Path, top: Path):
-        self.path = Path(folder) / (hashlib.sha256(str(Path(top).resolve()).encode()).hexdigest()[:16] + ".json")
-
-    @staticmethod
-    def stamp(top: Path, parts: tuple[str, ...]) -> str | None:
-        """Names one file's current content: relative path, size and modification time."""
-        try:
-            info = top.joinpath(*parts).stat()
-        except OSError:
-            return None
-        return f"{'/'.join(parts)}\t{info.st_size}\t{info.st_mtime_ns}"
-
-    def load(self) -> dict[str, images.ImageCheck]:
-        try:
-            data = json.loads(self.path.read_text())
-        except (OSError, ValueError):
-            return {}
-        if not isinstance(data, dict) or data.get("version") != self.VERSION:
-            return {}
-        try:
-            return {stamp: images.ImageCheck(*values) for stamp, values in data["checks"].items()}
-        except (TypeError, KeyError, AttributeError):
-            return {}
-
-    def save(self, checks: dict[str, images.ImageCheck]) -> None:
-        """Replaces the kept results with these; a failure to write only costs time later."""
-        data = {
-            "version": self.VERSION,
-            "checks": {
-                stamp: [check.problem, check.width, check.height, check.needs_conversion] for stamp, check in checks.items()
-            },
-        }
-        partial = self.path.with_name(f".{self.path.name}.{uuid.uuid4().hex[:8]}.partial")
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            partial.write_text(json.dumps(data))
-            os.replace(partial, self.path)
-        except OSError:
-            partial.unlink(missing_ok=True)

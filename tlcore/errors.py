@@ -27,3 +27,7 @@ class ImageError(TransferLabError, ValueError):
 
 class RunError(TransferLabError):
     """A run folder that is missing, incomplete or cannot be loaded."""
+
+
+class Stopped(Exception):
+    """Raised inside long work when the user asked it to stop; not a failure."""

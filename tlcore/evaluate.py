@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,15 +12,20 @@ import numpy as np
 import pandas as pd
 from sklearn import metrics
 
+from tlcore.config import SUBSETS
 from tlcore.dataset import Dataset
 from tlcore.errors import DatasetError, ImageError, RunError
 from tlcore.images import decode_file, load_array, needs_conversion
 from tlcore.predict import Predictor, get_predictor
-from tlcore.runs import SPLIT_FILE, read_json
+from tlcore.runs import Run
 
-DATASET_SPLITS = ("train", "validation", "test")
-DEFAULT_SPLITS = ("validation",)
 LISTED_NAMES = 5
+
+
+class _Scored(NamedTuple):
+    name: str
+    path: str
+    label: int
 
 
 class Misclassified(NamedTuple):
@@ -29,6 +35,7 @@ class Misclassified(NamedTuple):
     true_class: str
     predicted_class: str
     confidence: float
+    name: str = ""
 
 
 @dataclass(frozen=True)
@@ -45,6 +52,8 @@ class Evaluation:
         confusion_matrix: Counts, rows the true class and columns the predicted class.
         misclassified: Every wrong prediction, the most confident first.
         notes: Sentences about images left out (missing or unreadable files).
+        split: What was scored: `"validation"`, `"test"`, `"train"` or `"all"`.
+        images: Names of the images scored, in the dataset's terms.
     """
 
     classes: tuple[str, ...]
@@ -56,6 +65,8 @@ class Evaluation:
     confusion_matrix: list[list[int]]
     misclassified: list[Misclassified]
     notes: tuple[str, ...] = ()
+    split: str = "validation"
+    images: tuple[str, ...] = ()
 
     @property
     def total(self) -> int:
@@ -86,6 +97,8 @@ class Evaluation:
             "confusion_matrix": [list(row) for row in self.confusion_matrix],
             "misclassified": [mistake._asdict() for mistake in self.misclassified],
             "notes": list(self.notes),
+            "split": self.split,
+            "images": list(self.images),
         }
 
 
@@ -95,35 +108,74 @@ def _names(paths: Sequence[str]) -> str:
     return names + (f" and {more} more" if more > 0 else "")
 
 
-def _relabel(items, classes: Sequence[str], labels: Sequence[str]) -> list[tuple[str, int]]:
-    """Maps labels indexing `classes` onto the model's label order, by class name.
+def _relabel(items: Sequence[tuple[str, str, str]], labels: Sequence[str]) -> list[_Scored]:
+    """`(name, path, class name)` triples with labels in the model's order.
 
     Only classes that have images here must be known to the model.
     """
-    used = sorted({int(label) for _, label in items})
-    unknown = [classes[label] for label in used if classes[label] not in labels]
+    unknown = sorted({class_name for _, _, class_name in items if class_name not in labels})
     if unknown:
         raise DatasetError(
             f"The model was not trained on the class(es) {', '.join(f'`{n}`' for n in unknown)}; "
             f"it knows only {', '.join(f'`{n}`' for n in labels)}."
         )
     order = {name: index for index, name in enumerate(labels)}
-    return [(str(path), order[classes[int(label)]]) for path, label in items]
+    return [_Scored(name, str(path), order[class_name]) for name, path, class_name in items]
 
 
-def _run_validation_items(run_dir: Path, labels: Sequence[str]) -> list[tuple[str, int]]:
-    split = read_json(run_dir / SPLIT_FILE, None)
-    if not split or "validation" not in split:
-        raise RunError(
-            f"The run `{run_dir.name}` has no saved validation split ({SPLIT_FILE}); "
-            "evaluate it on a dataset instead."
-        )
-    return _relabel(split["validation"], split.get("classes") or labels, labels)
+def _digest_of(path: str) -> str:
+    import hashlib
+
+    try:
+        with open(path, "rb") as handle:
+            return hashlib.file_digest(handle, "sha256").hexdigest()
+    except OSError:
+        return ""
 
 
-def _dataset_items(dataset: Dataset, labels: Sequence[str], splits: Sequence[str]) -> list[tuple[str, int]]:
-    items = [item for split in splits for item in getattr(dataset, split)]
-    return _relabel(items, dataset.classes, labels)
+def default_subset(run: Run, dataset: Dataset | None = None) -> str:
+    """What `evaluate` scores when not told: a test split when there is one, else the validation images."""
+    if dataset is not None:
+        return "test" if dataset.test else "validation"
+    split = run.split()
+    return "test" if split is not None and split.test else "validation"
+
+
+def _run_items(run: Run, subset: str) -> list[tuple[str, str, str]]:
+    split = run.split()
+    if split is None:
+        raise RunError(f"The run `{run.name}` has no saved split; evaluate it on a dataset instead.")
+    if subset == "all":
+        raise DatasetError("Scoring every image needs the dataset: give its folder or zip.")
+    chosen = split.items(subset)
+    if not chosen:
+        raise RunError(f"The run `{run.name}` has no {subset} images.")
+    return [(item.name, item.path, split.classes[item.label]) for item in chosen]
+
+
+def _dataset_items(run: Run, dataset: Dataset, subset: str) -> list[tuple[str, str, str]]:
+    every = [*dataset.train, *dataset.validation, *dataset.test]
+    if subset == "all":
+        chosen = every
+    elif subset == "test":
+        chosen = list(dataset.test)
+        if not chosen:
+            raise DatasetError("This dataset has no `test` folder; score its validation images or every image instead.")
+    else:
+        split = run.split()
+        if split is None:
+            raise RunError(f"The run `{run.name}` has no saved split, so its {subset} images are unknown; use --all.")
+        wanted = split.items(subset)
+        names = {item.name for item in wanted}
+        # Splits saved by version 0.1 name no digests; their files, where still there, do.
+        digests = {item.digest or _digest_of(item.path) for item in wanted} - {""}
+        chosen = [item for item in every if item.name in names or item.digest in digests]
+        if not chosen:
+            raise DatasetError(
+                f"None of this dataset's images were among the run's {subset} images. "
+                "Score every image of it instead (--all)."
+            )
+    return [(item.name, str(item.path), dataset.classes[item.label]) for item in chosen]
 
 
 def _read_by_pillow(path: str) -> bool:
@@ -178,18 +230,21 @@ def evaluate(
     run_dir: str | Path,
     dataset: Dataset | None = None,
     *,
-    splits: Sequence[str] | None = None,
+    subset: str | None = None,
     batch_size: int = 32,
     on_progress: Callable[[int, int], None] | None = None,
 ) -> Evaluation:
     """Classifies labelled images with a run's model and scores the answers.
 
+    Never scores training images unless asked to: by default a test split when there is one
+    (the dataset's `test/` folder, or the run's own), else the run's validation images as
+    recorded in its `split.json`, found in `dataset` by name or by content when one is given.
+
     Args:
         run_dir: The run folder.
-        dataset: Images to evaluate on. None uses the run's own validation split from its
-            `split.json`, leaving out files no longer on disk.
-        splits: Which of the dataset's splits to use (`"train"`, `"validation"`, `"test"`);
-            its validation images by default. Ignored when `dataset` is None.
+        dataset: Images to evaluate on; None uses the files recorded in the run's split.
+        subset: One of `SUBSETS`: `"validation"`, `"test"`, `"train"` (the run's own
+            images of that split) or `"all"` (every image of `dataset`); None picks as above.
         batch_size: Images per model call.
         on_progress: Called as `on_progress(done, total)` after each batch.
 
@@ -197,27 +252,24 @@ def evaluate(
         The scores, confusion matrix and mistakes.
 
     Raises:
-        RunError: the run has no usable model, or no saved split when `dataset` is None.
+        RunError: the run has no usable model, or no saved split when one is needed.
         DatasetError: the dataset has a class the model does not know, or no readable image.
     """
-    run_dir = Path(run_dir)
-    predictor = get_predictor(run_dir)
+    run = Run.open(run_dir)
+    predictor = get_predictor(run.path)
     labels = predictor.labels
-    if dataset is None:
-        items = _run_validation_items(run_dir, labels)
-    else:
-        splits = DEFAULT_SPLITS if splits is None else tuple(splits)
-        unknown_splits = [name for name in splits if name not in DATASET_SPLITS]
-        if unknown_splits:
-            raise ValueError(f"Unknown split `{unknown_splits[0]}`. Choose from: {', '.join(DATASET_SPLITS)}.")
-        items = _dataset_items(dataset, labels, splits)
+    subset = subset or default_subset(run, dataset)
+    if subset not in SUBSETS:
+        raise ValueError(f"Unknown subset `{subset}`. Choose from: {', '.join(SUBSETS)}.")
+    raw = _run_items(run, subset) if dataset is None else _dataset_items(run, dataset, subset)
+    items = _relabel(raw, labels)
     notes = []
-    missing = [path for path, _ in items if not Path(path).is_file()]
+    missing = [item.name for item in items if not Path(item.path).is_file()]
     if missing:
         notes.append(f"{len(missing)} image(s) are no longer on disk and were left out: {_names(missing)}.")
-        items = [item for item in items if Path(item[0]).is_file()]
+        items = [item for item in items if Path(item.path).is_file()]
 
-    paths = [path for path, _ in items]
+    paths = [item.path for item in items]
     done = 0
 
     def advance(count: int) -> None:
@@ -233,10 +285,12 @@ def evaluate(
     if len(indices) == 0:
         raise DatasetError("None of the images could be read, so there is nothing to evaluate.")
 
-    true = np.asarray([items[i][1] for i in indices])
+    true = np.asarray([items[i].label for i in indices])
     predicted = rows.argmax(axis=1)
     confidence = rows.max(axis=1)
-    return score(labels, true, predicted, confidence, [paths[i] for i in indices], tuple(notes))
+    result = score(labels, true, predicted, confidence, [paths[i] for i in indices], tuple(notes),
+                   names=[items[i].name for i in indices])
+    return dataclasses.replace(result, split=subset, images=tuple(items[i].name for i in indices))
 
 
 def _read_the_rest(
@@ -274,6 +328,7 @@ def score(
     confidence: Sequence[float],
     paths: Sequence[str],
     notes: tuple[str, ...] = (),
+    names: Sequence[str] | None = None,
 ) -> Evaluation:
     """Scores predictions against true labels.
 
@@ -284,6 +339,7 @@ def score(
         confidence: Probability the model gave its predicted label, per image.
         paths: File of each image, for the list of mistakes.
         notes: Sentences to carry into the result.
+        names: How to name each image to the user; its file name when None.
 
     Returns:
         The evaluation; a class with no images scores 0 rather than failing.
@@ -295,7 +351,8 @@ def score(
     )
     matrix = metrics.confusion_matrix(true, predicted, labels=every)
     wrong = [
-        Misclassified(str(paths[i]), classes[true[i]], classes[predicted[i]], float(confidence[i]))
+        Misclassified(str(paths[i]), classes[true[i]], classes[predicted[i]], float(confidence[i]),
+                      names[i] if names is not None else Path(paths[i]).name)
         for i in np.flatnonzero(true != predicted)
     ]
     return Evaluation(

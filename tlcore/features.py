@@ -1,14 +1,24 @@
-"""Frozen-backbone features: computed once per image, cached on disk, reused across runs."""
+"""The on-disk feature cache: backbone outputs of single images, found again by the images' bytes.
+
+Features live in one folder per extraction key (which backbone, cut, weights and settings made
+them). Inside, each extraction adds a shard: `.npy` arrays with one row per image, and a
+`.rows.json` list naming each row by the image's content digest. So the same picture in two
+uploads, a subset of an upload, or a moved folder reuses the rows already computed; a shard
+is written whole before it is named, so readers in other threads and processes never see
+half of one, and nothing is ever rewritten in place. The cache is bounded in size and drops
+the least recently used shards first.
+"""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
 import shutil
+import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -19,8 +29,6 @@ POOLED_DTYPE = np.float32
 """How pooled features are stored: they are small, and exact float32 lets training on them
 retrace the classic training on images step for step."""
 DEFAULT_CACHE_BYTES = 4 * 1024**3
-# Bump when the way features are computed changes, so stale caches are never reused.
-FEATURE_FORMAT = 3
 
 MAP = "map"
 """The cut layer's whole feature map, `(height, width, channels)` per image."""
@@ -31,167 +39,309 @@ VARIANTS = (MAP, *POOLED)
 # Features at most this large (as float32) are read into memory for training; larger ones are
 # streamed from disk batch by batch, so a Flatten head on a big cut never holds them all.
 IN_MEMORY_BYTES = 512 * 1024**2
+ROWS_SUFFIX = ".rows.json"
+# A temporary file older than this belongs to an extraction that died.
+STALE_SECONDS = 6 * 3600
 
 
-def feature_key(model_key: dict, paths) -> str:
-    """Names the features of these image files under these backbone settings.
-
-    A file is identified by its path, size and modification time, so an edited image is
-    extracted again.
-    """
-    digest = hashlib.sha256()
-    digest.update(json.dumps({"format": FEATURE_FORMAT, **model_key}, sort_keys=True).encode())
-    for path in paths:
-        stat = os.stat(path)
-        digest.update(f"\n{os.path.abspath(path)}\t{stat.st_size}\t{stat.st_mtime_ns}".encode())
-    return digest.hexdigest()[:32]
-
-
-def variant_key(key: str, variant: str) -> str:
-    """The cache entry holding one variant (`"map"`, `"avg"` or `"max"`) of the features `key` names."""
+def check_variant(variant: str) -> str:
     if variant not in VARIANTS:
         raise ValueError(f"Unknown feature variant `{variant}`. Choose one of: {', '.join(VARIANTS)}.")
-    return key if variant == MAP else f"{key}-{variant}"
+    return variant
+
+
+@dataclass(frozen=True)
+class Shard:
+    """One extraction's features: row i of every array belongs to `ids[i]`."""
+
+    folder: Path
+    name: str
+    ids: tuple[str, ...]
+    variants: dict[str, tuple[int, ...]]
+
+    def path(self, variant: str) -> Path:
+        return self.folder / f"{self.name}.{variant}.npy"
+
+    @property
+    def rows_path(self) -> Path:
+        return self.folder / f"{self.name}{ROWS_SUFFIX}"
+
+    def array(self, variant: str) -> np.memmap:
+        return np.load(self.path(variant), mmap_mode="r")
+
+    def nbytes(self) -> int:
+        total = 0
+        for path in (self.rows_path, *(self.path(v) for v in self.variants)):
+            try:
+                total += path.stat().st_size
+            except OSError:
+                pass
+        return total
 
 
 class FeatureCache:
-    """A folder of `.npy` feature arrays, bounded in size, evicting the least recently used.
+    """A folder of feature stores, bounded in total size, evicting the least recently used shards.
 
     Args:
-        folder: Where the arrays live.
-        max_bytes: Total size kept; older entries are deleted past it.
+        folder: Where the stores live (`$TLCORE_HOME/features`).
+        max_bytes: Total size kept; the oldest shards are deleted past it.
     """
 
     def __init__(self, folder: str | Path, max_bytes: int = DEFAULT_CACHE_BYTES):
         self.folder = Path(folder)
         self.max_bytes = int(max_bytes)
 
-    def _path(self, key: str) -> Path:
-        return self.folder / f"{key}.npy"
+    def store(self, key: str) -> "FeatureStore":
+        """The features made under one extraction key."""
+        return FeatureStore(self, key)
 
-    def get(self, key: str):
-        """The cached array, memory-mapped read-only, or None."""
-        path = self._path(key)
-        if not path.is_file():
-            return None
-        try:
-            array = np.load(path, mmap_mode="r")
-        except (OSError, ValueError):
-            path.unlink(missing_ok=True)
-            return None
-        os.utime(path)  # marks it recently used
-        return array
-
-    def create(self, key: str, shape: tuple[int, ...], dtype=FEATURE_DTYPE) -> "FeatureWriter":
-        """Starts writing a new entry; it becomes visible only when `commit()` is called."""
-        self.folder.mkdir(parents=True, exist_ok=True)
-        return FeatureWriter(self, key, shape, dtype)
-
-    def entries(self) -> list[Path]:
+    def shards(self) -> list[Shard]:
+        """Every complete shard, least recently used first."""
         if not self.folder.is_dir():
             return []
-        return sorted(self.folder.glob("*.npy"), key=lambda p: p.stat().st_mtime)
+        found = []
+        for rows in self.folder.glob(f"*/*{ROWS_SUFFIX}"):
+            shard = _read_shard(rows)
+            if shard is not None:
+                found.append((_mtime(rows), shard))
+        return [shard for _, shard in sorted(found, key=lambda pair: pair[0])]
 
     def size(self) -> int:
-        return sum(p.stat().st_size for p in self.entries())
+        return sum(shard.nbytes() for shard in self.shards())
 
-    def evict(self, keep: str | Iterable[str] | None = None) -> None:
-        """Deletes least recently used entries until the cache fits in `max_bytes`.
+    def evict(self, keep: Iterable[str] = ()) -> None:
+        """Deletes least recently used shards until the cache fits in `max_bytes`.
 
         Args:
-            keep: Key, or keys, never deleted now (the entries being used).
+            keep: Names of shards never deleted now (those being used).
         """
-        kept = {keep} if isinstance(keep, str) else set(keep or ())
-        entries = self.entries()
-        total = sum(p.stat().st_size for p in entries)
-        for path in entries:
+        kept = set(keep)
+        shards = self.shards()
+        sizes = {shard.name: shard.nbytes() for shard in shards}
+        total = sum(sizes.values())
+        for shard in shards:
             if total <= self.max_bytes:
                 break
-            if path.stem in kept:
+            if shard.name in kept:
                 continue
-            total -= path.stat().st_size
-            path.unlink(missing_ok=True)
+            _delete_shard(shard)
+            total -= sizes[shard.name]
+
+    def remove_stale(self, older_than: float = STALE_SECONDS) -> int:
+        """Deletes temporary files left by extractions that died; returns how many."""
+        removed = 0
+        if not self.folder.is_dir():
+            return 0
+        limit = time.time() - older_than
+        for path in self.folder.glob("*/.*.tmp"):
+            if _mtime(path) < limit:
+                path.unlink(missing_ok=True)
+                removed += 1
+        return removed
 
     def clear(self) -> None:
         shutil.rmtree(self.folder, ignore_errors=True)
 
 
-class FeatureWriter:
-    """Writes features batch by batch into a new `.npy` file, then publishes it.
+class FeatureStore:
+    """The features of one extraction key: shards of rows, each row named by an image id."""
+
+    def __init__(self, cache: FeatureCache, key: str):
+        self.cache = cache
+        self.key = key
+        self.folder = cache.folder / key
+
+    def shards(self) -> list[Shard]:
+        """Complete shards of this store, most recently written first."""
+        if not self.folder.is_dir():
+            return []
+        found = [(_mtime(p), shard) for p in self.folder.glob(f"*{ROWS_SUFFIX}") if (shard := _read_shard(p))]
+        return [shard for _, shard in sorted(found, key=lambda pair: pair[0], reverse=True)]
+
+    def locate(self, ids: Sequence[str], variant: str) -> "Located":
+        """Where each id's row of `variant` is, as far as the store has it."""
+        check_variant(variant)
+        wanted = set(ids)
+        places: dict[str, tuple[Shard, int]] = {}
+        for shard in self.shards():
+            if variant not in shard.variants or not wanted - places.keys():
+                continue
+            for row, image_id in enumerate(shard.ids):
+                if image_id in wanted and image_id not in places:
+                    places[image_id] = (shard, row)
+        return Located(tuple(ids), variant, places)
+
+    def writer(self, ids: Sequence[str], shapes: dict[str, tuple[int, ...]]) -> "ShardWriter":
+        """Starts a new shard holding one row per id of each variant in `shapes` (row shape, no batch)."""
+        return ShardWriter(self, ids, shapes)
+
+
+@dataclass(frozen=True)
+class Located:
+    """The rows of some ids in a store: which are there, which are missing, and reading them."""
+
+    ids: tuple[str, ...]
+    variant: str
+    places: dict[str, tuple[Shard, int]]
+
+    @property
+    def missing(self) -> list[str]:
+        """Ids with no row yet, each once, in order of first appearance."""
+        return list(dict.fromkeys(i for i in self.ids if i not in self.places))
+
+    @property
+    def shard_names(self) -> set[str]:
+        return {shard.name for shard, _ in self.places.values()}
+
+    def touch(self) -> None:
+        """Marks the shards read as recently used."""
+        for shard in {shard.name: shard for shard, _ in self.places.values()}.values():
+            try:
+                os.utime(shard.rows_path)
+            except OSError:
+                pass
+
+    def rows(self, max_bytes: int | None = None):
+        """The features in the order of `ids`: a float32 array when small, else `Rows` read from disk.
+
+        Raises:
+            KeyError: some ids have no row (see `missing`).
+        """
+        if self.missing:
+            raise KeyError(f"{len(self.missing)} image(s) have no cached features")
+        rows = Rows(self)
+        limit = IN_MEMORY_BYTES if max_bytes is None else max_bytes
+        if rows.nbytes_float32 > limit:
+            return rows
+        return rows[np.arange(len(rows))].astype(np.float32, copy=False)
+
+
+class ShardWriter:
+    """Writes one shard batch by batch, then publishes it.
 
     Batches are appended with plain file writes rather than through a memory map, so writing
     features larger than memory never makes them resident in the process.
     """
 
-    def __init__(self, cache: FeatureCache, key: str, shape: tuple[int, ...], dtype=FEATURE_DTYPE):
-        self.cache = cache
-        self.key = key
-        self.shape = tuple(int(v) for v in shape)
-        self.dtype = np.dtype(dtype)
-        self.tmp = cache.folder / f".{key}.{uuid.uuid4().hex[:8]}.npy.tmp"
-        self._file = open(self.tmp, "wb")
-        header = {"descr": np.lib.format.dtype_to_descr(self.dtype), "fortran_order": False, "shape": self.shape}
-        np.lib.format.write_array_header_1_0(self._file, header)
-        self._data_start = self._file.tell()
-        self.count = 0
+    def __init__(self, store: FeatureStore, ids: Sequence[str], shapes: dict[str, tuple[int, ...]]):
+        store.folder.mkdir(parents=True, exist_ok=True)
+        self.store = store
+        self.ids = tuple(ids)
+        self.name = f"{time.strftime('%Y%m%d%H%M%S')}-{uuid.uuid4().hex[:12]}"
+        self.variants = {check_variant(v): (len(self.ids), *map(int, shape)) for v, shape in shapes.items()}
+        self._files = {}
+        self._tmp = {}
+        self.count = {v: 0 for v in self.variants}
+        for variant, shape in self.variants.items():
+            dtype = np.dtype(FEATURE_DTYPE if variant == MAP else POOLED_DTYPE)
+            tmp = store.folder / f".{self.name}.{variant}.npy.tmp"
+            handle = open(tmp, "wb")
+            np.lib.format.write_array_header_1_0(
+                handle, {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": shape}
+            )
+            self._files[variant], self._tmp[variant] = (handle, dtype), tmp
 
-    def write(self, batch) -> None:
-        batch = np.ascontiguousarray(batch, dtype=self.dtype)
-        if batch.shape[1:] != self.shape[1:] or self.count + len(batch) > self.shape[0]:
-            raise ValueError(f"A batch of shape {batch.shape} does not fit features of shape {self.shape} after {self.count} rows.")
-        self._file.write(batch.data)
-        self.count += len(batch)
+    def write(self, batches: dict[str, np.ndarray]) -> None:
+        """Appends the next rows of each variant."""
+        for variant, batch in batches.items():
+            handle, dtype = self._files[variant]
+            batch = np.ascontiguousarray(batch, dtype=dtype)
+            shape = self.variants[variant]
+            if batch.shape[1:] != shape[1:] or self.count[variant] + len(batch) > shape[0]:
+                raise ValueError(f"A batch of shape {batch.shape} does not fit features of shape {shape}.")
+            handle.write(batch.data)
+            self.count[variant] += len(batch)
 
-    def commit(self, keep: Iterable[str] = ()):
-        """Publishes the entry and returns it memory-mapped read-only.
+    def commit(self, keep: Iterable[str] = ()) -> Shard:
+        """Publishes the shard (arrays first, then its rows file) and trims the cache.
 
         Args:
-            keep: Keys of other entries in use, never evicted to make room for this one.
+            keep: Names of other shards in use, never evicted to make room for this one.
         """
-        # Rows never written read as zeros, as in a freshly created array.
-        self._file.truncate(self._data_start + math.prod(self.shape) * self.dtype.itemsize)
-        self._file.close()
-        os.replace(self.tmp, self.cache._path(self.key))
-        self.cache.evict(keep={self.key, *keep})
-        return self.cache.get(self.key)
+        for variant, (handle, dtype) in self._files.items():
+            if self.count[variant] != self.variants[variant][0]:
+                self.abort()
+                raise ValueError(f"The shard got {self.count[variant]} rows of `{variant}`, not {self.variants[variant][0]}.")
+            handle.close()
+            os.replace(self._tmp[variant], self.store.folder / f"{self.name}.{variant}.npy")
+        rows = self.store.folder / f"{self.name}{ROWS_SUFFIX}"
+        partial = self.store.folder / f".{self.name}.rows.tmp"
+        partial.write_text(json.dumps({"ids": list(self.ids), "variants": {v: list(s) for v, s in self.variants.items()}}))
+        os.replace(partial, rows)
+        shard = _read_shard(rows)
+        self.store.cache.evict(keep={self.name, *keep})
+        return shard
 
     def abort(self) -> None:
-        self._file.close()
-        self.tmp.unlink(missing_ok=True)
+        for variant, (handle, _) in self._files.items():
+            handle.close()
+            self._tmp[variant].unlink(missing_ok=True)
 
 
-class DiskRows:
-    """Rows of a cached `.npy` array, read straight from the file when indexed.
+class Rows:
+    """Rows of located features, read straight from their files when indexed.
 
-    Unlike a memory map, reading never keeps the file's pages mapped in the process, so memory
-    use stays at one batch whatever the size of the file. The file is held open, so an entry
+    Unlike a memory map, reading never keeps the files' pages mapped in the process, so memory
+    use stays at one batch whatever the size of the files. The files are held open, so shards
     evicted from the cache meanwhile can still be read.
-
-    Args:
-        array: A memory map returned by `FeatureCache.get`.
     """
 
-    def __init__(self, array: np.memmap):
-        self.shape = tuple(array.shape)
-        self.dtype = array.dtype
-        self.offset = int(array.offset)
-        self.row_bytes = self.dtype.itemsize * math.prod(self.shape[1:])
-        self._fd = os.open(array.filename, os.O_RDONLY)
+    def __init__(self, located: Located):
+        index_of: dict[str, int] = {}
+        shards: list[Shard] = []
+        shard_of, row_of = [], []
+        for image_id in located.ids:
+            shard, row = located.places[image_id]
+            if shard.name not in index_of:
+                index_of[shard.name] = len(shards)
+                shards.append(shard)
+            shard_of.append(index_of[shard.name])
+            row_of.append(row)
+        self._files = [_OpenArray(shard.path(located.variant)) for shard in shards]
+        self.shard_of = np.asarray(shard_of, dtype=np.int64)
+        self.row_of = np.asarray(row_of, dtype=np.int64)
+        row_shape = self._files[0].shape[1:] if self._files else ()
+        self.shape = (len(located.ids), *row_shape)
+        self.dtype = self._files[0].dtype if self._files else np.dtype(np.float32)
 
     def __len__(self) -> int:
         return self.shape[0]
+
+    @property
+    def nbytes_float32(self) -> int:
+        return 4 * math.prod(self.shape)
+
+    def __getitem__(self, rows) -> np.ndarray:
+        rows = np.arange(len(self))[rows] if isinstance(rows, slice) else np.asarray(rows, dtype=np.int64).reshape(-1)
+        out = np.empty((len(rows), *self.shape[1:]), dtype=self.dtype)
+        shards, file_rows = self.shard_of[rows], self.row_of[rows]
+        for index in np.unique(shards):
+            picked = np.flatnonzero(shards == index)
+            order = np.argsort(file_rows[picked], kind="stable")
+            out[picked[order]] = self._files[index].read(file_rows[picked][order])
+        return out
+
+
+class _OpenArray:
+    """A `.npy` file held open and read row by row with `pread`."""
+
+    def __init__(self, path: Path):
+        array = np.load(path, mmap_mode="r")
+        self.shape, self.dtype, self.offset = tuple(array.shape), array.dtype, int(array.offset)
+        self.row_bytes = self.dtype.itemsize * math.prod(self.shape[1:])
+        del array
+        self._fd = os.open(path, os.O_RDONLY)
 
     def __del__(self):
         fd, self._fd = getattr(self, "_fd", None), None
         if fd is not None:
             os.close(fd)
 
-    def __getitem__(self, rows) -> np.ndarray:
-        rows = np.arange(self.shape[0])[rows] if isinstance(rows, slice) else np.asarray(rows).reshape(-1)
+    def read(self, rows: np.ndarray) -> np.ndarray:
+        """Rows in ascending order; one read per run of consecutive rows."""
         out = np.empty((len(rows), *self.shape[1:]), dtype=self.dtype)
         view = out.reshape(len(rows), -1).view(np.uint8)
         start = 0
-        # One read per run of consecutive rows: a sorted batch takes few calls.
         while start < len(rows):
             end = start + 1
             while end < len(rows) and rows[end] == rows[end - 1] + 1:
@@ -208,154 +358,34 @@ class DiskRows:
         return out
 
 
-def training_array(array, max_bytes: int | None = None):
-    """What the head trains on: a float32 copy in memory when small, else rows read from disk.
-
-    Args:
-        array: Features as returned by `FeatureCache.get` (or any array).
-        max_bytes: Largest float32 size held in memory; `IN_MEMORY_BYTES` by default.
-
-    Returns:
-        A `numpy.ndarray`, or a `DiskRows` for memory-mapped features larger than `max_bytes`.
-    """
-    if not isinstance(array, np.memmap):
-        return np.asarray(array, dtype=np.float32)
-    if array.size * 4 > (IN_MEMORY_BYTES if max_bytes is None else max_bytes):
-        return DiskRows(array)
-    rows = DiskRows(array)
-    return rows[:].astype(np.float32)
-
-
 def pool(features: np.ndarray, variant: str) -> np.ndarray:
     """Pools feature maps `(n, height, width, channels)` over height and width, in float32."""
     values = np.asarray(features, dtype=np.float32)
     return values.mean(axis=(1, 2)) if variant == "avg" else values.max(axis=(1, 2))
 
 
-# Backbone inference with batch normalisation folded into the convolutions ---------------------
-
-
-def _fold_plan(body) -> dict:
-    """Finds each convolution whose only use is a batch normalisation, which can absorb it."""
-    import keras
-
-    layers = keras.layers
-    # Keras keeps a functional model's graph in `_nodes_by_depth`; there is no public view of it.
-    nodes = [node for depth in body._nodes_by_depth.values() for node in depth]
-    uses: dict[int, int] = {}
-    for node in nodes:
-        for tensor in node.input_tensors:
-            uses[id(tensor._keras_history.operation)] = uses.get(id(tensor._keras_history.operation), 0) + 1
-    outputs = {id(tensor._keras_history.operation) for tensor in body.outputs}
-    plan = {}
-    for node in nodes:
-        norm = node.operation
-        if type(norm) is not layers.BatchNormalization or len(node.input_tensors) != 1:
-            continue
-        conv = node.input_tensors[0]._keras_history.operation
-        foldable = (
-            type(conv) in (layers.Conv2D, layers.DepthwiseConv2D)
-            and getattr(conv, "groups", 1) == 1
-            and conv.data_format == "channels_last"
-            and conv.activation is keras.activations.linear
-            and norm.axis in (-1, 3)
-            and uses.get(id(conv)) == 1
-            and id(conv) not in outputs
-            and len(conv._inbound_nodes) == 1
-        )
-        if foldable:
-            plan[id(conv)] = (conv, norm)
-    return plan
-
-
-def _folded_weights(conv, norm) -> tuple[np.ndarray, np.ndarray]:
-    variance = np.asarray(norm.moving_variance, dtype=np.float64)
-    scale = 1.0 / np.sqrt(variance + norm.epsilon)
-    if norm.scale:
-        scale = scale * np.asarray(norm.gamma, dtype=np.float64)
-    shift = -np.asarray(norm.moving_mean, dtype=np.float64) * scale
-    if norm.center:
-        shift = shift + np.asarray(norm.beta, dtype=np.float64)
-    kernel = np.asarray(conv.kernel, dtype=np.float64)
-    if conv.use_bias:
-        shift = shift + np.asarray(conv.bias, dtype=np.float64) * scale
-    # Conv2D kernels end in output channels; a depthwise kernel's output channel is
-    # (input channel, multiplier) flattened.
-    kernel = kernel * scale.reshape(kernel.shape[-2], kernel.shape[-1]) if type(conv).__name__ == "DepthwiseConv2D" else kernel * scale
-    return kernel.astype(np.float32), shift.astype(np.float32)
-
-
-def folded_forward(body):
-    """The frozen body as a function with batch normalisation folded into convolutions.
-
-    In inference a batch normalisation is an affine map per channel, so it can be merged into
-    the convolution before it: one pass over each feature map instead of three. The result
-    equals the body's own output up to float32 rounding.
-
-    Args:
-        body: A frozen functional `keras.Model` (see `tlcore.model.build_body`).
-
-    Returns:
-        A function from preprocessed images to the body's output, or None when the body has
-        nothing to fold or its graph cannot be read.
-    """
-    import tensorflow as tf
-
+def _read_shard(rows_path: Path) -> Shard | None:
     try:
-        plan = _fold_plan(body)
-    except (AttributeError, TypeError):
+        data = json.loads(rows_path.read_text())
+        name = rows_path.name[: -len(ROWS_SUFFIX)]
+        variants = {v: tuple(int(n) for n in shape) for v, shape in data["variants"].items()}
+        shard = Shard(rows_path.parent, name, tuple(data["ids"]), variants)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None
-    if not plan:
+    if not all(shard.path(v).is_file() for v in variants):
         return None
-    replaced = {}
-    for conv, norm in plan.values():
-        kernel, bias = _folded_weights(conv, norm)
-        kernel = tf.Variable(kernel, trainable=False, name=f"{conv.name}_folded_kernel")
-        bias = tf.Variable(bias, trainable=False, name=f"{conv.name}_folded_bias")
-        replaced[id(conv)] = _folded_conv(conv, kernel, bias)
-        replaced[id(norm)] = _passthrough
-
-    def operation(op):
-        if id(op) in replaced:
-            return replaced[id(op)]
-
-        def call(*args, **kwargs):
-            # As a functional model does when called with training=False.
-            if "training" in getattr(op, "_call_context_args", ()):
-                kwargs["training"] = False
-            return op(*args, **kwargs)
-
-        return call
-
-    def forward(images):
-        outputs = body._run_through_graph(images, operation_fn=operation)
-        return outputs[0] if isinstance(outputs, (list, tuple)) and len(outputs) == 1 else outputs
-
-    return forward
+    return shard
 
 
-def _passthrough(inputs, *args, **kwargs):
-    return inputs
+def _delete_shard(shard: Shard) -> None:
+    # The rows file goes first: without it the arrays are invisible, never half there.
+    shard.rows_path.unlink(missing_ok=True)
+    for variant in shard.variants:
+        shard.path(variant).unlink(missing_ok=True)
 
 
-def _folded_conv(conv, kernel, bias):
-    import keras
-    import tensorflow as tf
-
-    depthwise = type(conv).__name__ == "DepthwiseConv2D"
-
-    def call(inputs, *args, **kwargs):
-        if depthwise:
-            outputs = keras.ops.depthwise_conv(
-                inputs, kernel, strides=conv.strides, padding=conv.padding,
-                data_format=conv.data_format, dilation_rate=conv.dilation_rate,
-            )
-        else:
-            outputs = keras.ops.conv(
-                inputs, kernel, strides=list(conv.strides), padding=conv.padding,
-                data_format=conv.data_format, dilation_rate=conv.dilation_rate,
-            )
-        # BiasAdd rather than Add: TensorFlow fuses Conv2D + BiasAdd + ReLU into one kernel.
-        return tf.nn.bias_add(outputs, bias)
-
-    return call
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return 0.0

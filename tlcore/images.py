@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 from dataclasses import dataclass
@@ -25,6 +26,9 @@ _SENTENCES = {
     TOO_LARGE: "has far too many pixels to be opened safely. Resize it to a few thousand pixels on a side",
 }
 
+# Bump when decoding or resizing for the network changes: cached features depend on it.
+PIPELINE_VERSION = 1
+
 # The EXIF tag holding the camera orientation; 1 means "already upright".
 _ORIENTATION_TAG = 0x0112
 
@@ -46,12 +50,18 @@ class ImageCheck:
         width: Width in pixels after EXIF rotation (0 when unreadable).
         height: Height in pixels after EXIF rotation (0 when unreadable).
         needs_conversion: True when TensorFlow would fail on the file or decode other pixels.
+        digest: SHA-256 of the file's bytes (None when it could not be read).
+        phash: Perceptual hash of the decoded picture (`tlcore.near_duplicates`), or None.
+        colour: Its colour signature, as hex (`tlcore.near_duplicates.colour_signature`), or None.
     """
 
     problem: str | None
     width: int = 0
     height: int = 0
     needs_conversion: bool = False
+    digest: str | None = None
+    phash: int | None = None
+    colour: str | None = None
 
 
 def _source_name(source: ImageSource) -> str:
@@ -187,24 +197,32 @@ def check_image(path: str | Path) -> ImageCheck:
         path: The image file.
 
     Returns:
-        The check result; `problem` is set instead of raising when the file is unusable.
+        The check result, with the file's digest and perceptual hash; `problem` is set instead
+        of raising when the file is unusable.
     """
+    from tlcore.near_duplicates import colour_signature, perceptual_hash
+
     try:
-        image = _open(path)
-    except _Unreadable as problem:
-        return ImageCheck(problem=problem.reason)
+        data = Path(path).read_bytes()
     except OSError:
         return ImageCheck(problem="could not be read")
+    digest = hashlib.sha256(data).hexdigest()
+    try:
+        image = _open(io.BytesIO(data))
+    except _Unreadable as problem:
+        return ImageCheck(problem=problem.reason, digest=digest)
     with image:
         try:
             # Before decoding: loading discards the frame layout the GIF check reads.
-            convert = _needs_conversion(image, Path(path))
+            convert = _needs_conversion(image, data[:26])
             rgb = _decode(image)
+            phash = perceptual_hash(rgb)
+            colour = colour_signature(rgb).hex()
         except _Unreadable as problem:
-            return ImageCheck(problem=problem.reason)
+            return ImageCheck(problem=problem.reason, digest=digest)
         except Exception:
-            return ImageCheck(problem=CORRUPT)
-    return ImageCheck(problem=None, width=rgb.width, height=rgb.height, needs_conversion=convert)
+            return ImageCheck(problem=CORRUPT, digest=digest)
+    return ImageCheck(None, rgb.width, rgb.height, convert, digest, phash, colour)
 
 
 def verify_image(path: str | Path) -> str | None:
@@ -239,18 +257,18 @@ def needs_conversion(path: str | Path) -> bool:
         image = _open(path)
     except _Unreadable as problem:
         raise ImageError(f"{_source_name(path)} {_SENTENCES[problem.reason]}.") from None
-    with image:
-        return _needs_conversion(image, Path(path))
+    with image, open(path, "rb") as handle:
+        return _needs_conversion(image, handle.read(26))
 
 
-def _needs_conversion(image: Image.Image, path: Path) -> bool:
+def _needs_conversion(image: Image.Image, header: bytes) -> bool:
     if image.format != "GIF" and getattr(image, "n_frames", 1) > 1:
         # Animated PNG and multi-page files: TensorFlow may not pick the frame Pillow shows.
         return True
     if image.format in ("JPEG", "MPO"):
         return image.mode not in ("RGB", "L") or _is_rotated(image)
     if image.format == "PNG":
-        return _png_bit_depth(path) != 8 and image.mode != "P"
+        return _png_bit_depth(header) != 8 and image.mode != "P"
     if image.format == "BMP":
         return not (image.mode == "RGB" and image.info.get("compression", 0) == 0)
     if image.format == "GIF":
@@ -264,11 +282,9 @@ def _is_rotated(image: Image.Image) -> bool:
     return image.getexif().get(_ORIENTATION_TAG, 1) not in (0, 1)
 
 
-def _png_bit_depth(path: Path) -> int:
+def _png_bit_depth(header: bytes) -> int:
     # Pillow hides the bit depth of RGB PNGs (it silently reduces 16-bit RGB to 8 bits), so read IHDR.
-    with open(path, "rb") as handle:
-        header = handle.read(26)
-    return header[24] if len(header) == 26 else 0
+    return header[24] if len(header) >= 26 else 0
 
 
 def normalise_image(path: str | Path, out_path: str | Path) -> Path:

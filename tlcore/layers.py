@@ -56,7 +56,8 @@ def _table(name: str, alpha: float | None, size: int) -> pd.DataFrame:
                 "type": type(layer).__name__,
                 "output_shape": _shape_text(shape),
                 "params": int(layer.count_params()),
-                "trainable": bool(layer.trainable) and bool(layer.weights),
+                # The backbone is always frozen: none of its layers is trained.
+                "trainable": False,
                 "connected_to": ", ".join(_inbound_names(layer)),
                 "suggested_cut": layer.name in cuts,
                 "flatten_features": math.prod(shape[1:]) if image_shaped else None,

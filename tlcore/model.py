@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import threading
 from dataclasses import dataclass, field
@@ -11,102 +10,23 @@ from functools import lru_cache
 
 import keras
 
-from tlcore.backbones import (
-    DEFAULT_BACKBONE,
-    build_backbone,
-    get_backbone,
-    suggested_cuts,
-    weights_source,
-)
+from tlcore.backbones import build_backbone, build_backbone_with_weights, get_backbone, suggested_cuts
+from tlcore.config import ModelConfig
 from tlcore.errors import ModelConfigError
 
-POOLINGS = ("flatten", "avg", "max")
 HUGE_HEAD_PARAMETERS = 10_000_000
-
-
-@dataclass(frozen=True)
-class ModelConfig:
-    """What the user chose on the Model page; every field maps to one widget.
-
-    `None` means "the backbone's default"; `resolved()` fills those in.
-    """
-
-    backbone: str = DEFAULT_BACKBONE
-    alpha: float | None = None
-    input_size: int | None = None
-    cut_layer: str | None = None
-    pooling: str = "avg"
-    dense_units: tuple[int, ...] = (128,)
-    dropout: float = 0.2
-    weights: str = "imagenet"
-
-    def resolved(self) -> "ModelConfig":
-        """Returns a copy with defaults filled in and every value checked.
-
-        Raises:
-            ModelConfigError: a value that cannot be built, in a sentence saying why.
-        """
-        spec = get_backbone(self.backbone)
-        pooling = str(self.pooling).lower()
-        if pooling == "gap" or pooling == "global_average":
-            pooling = "avg"
-        if pooling not in POOLINGS:
-            raise ModelConfigError(
-                f"Unknown pooling `{self.pooling}`. Choose one of: {', '.join(POOLINGS)}."
-            )
-        units = tuple(int(u) for u in self.dense_units if int(u) != 0)
-        if any(u < 0 for u in units):
-            raise ModelConfigError("Dense layers need a positive number of units.")
-        try:
-            dropout = float(self.dropout)
-        except (TypeError, ValueError):
-            raise ModelConfigError(f"The dropout rate must be a number, got `{self.dropout}`.") from None
-        if not 0.0 <= dropout < 1.0:
-            raise ModelConfigError(
-                f"The dropout rate must be at least 0 and below 1, got {self.dropout}."
-            )
-        return ModelConfig(
-            backbone=spec.name,
-            alpha=spec.resolve_alpha(self.alpha),
-            input_size=spec.resolve_input_size(self.input_size),
-            cut_layer=self.cut_layer or spec.default_cut,
-            pooling=pooling,
-            dense_units=units,
-            dropout=dropout,
-            weights=weights_source(self.weights),
-        )
-
-    def to_dict(self) -> dict:
-        data = dataclasses.asdict(self)
-        data["dense_units"] = list(self.dense_units)
-        return data
-
-    @classmethod
-    def from_dict(cls, data: dict) -> "ModelConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        values = {k: v for k, v in data.items() if k in known}
-        if "dense_units" in values:
-            values["dense_units"] = tuple(values["dense_units"])
-        return cls(**values)
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2)
-
-    def feature_key(self) -> dict:
-        """The settings that decide the frozen backbone's output, and nothing else."""
-        cfg = self.resolved()
-        return {
-            "backbone": cfg.backbone,
-            "alpha": cfg.alpha,
-            "input_size": cfg.input_size,
-            "cut_layer": cfg.cut_layer,
-            "weights": cfg.weights,
-        }
+# The ImageNet statistics of 'torch'-mode backbones (DenseNet), on RGB values 0-1.
+TORCH_MEAN = (0.485, 0.456, 0.406)
+TORCH_STD = (0.229, 0.224, 0.225)
 
 
 @keras.saving.register_keras_serializable(package="tlcore")
 class BackbonePreprocess(keras.layers.Layer):
-    """Applies a backbone's own `preprocess_input` inside the model, so it is saved with it."""
+    """A backbone's own `preprocess_input` as one layer: what runs saved by version 0.1 hold.
+
+    New models use `preprocessing_layers` (built-in Keras layers only); this class stays
+    registered so those runs keep loading.
+    """
 
     def __init__(self, backbone: str, **kwargs):
         super().__init__(**kwargs)
@@ -137,7 +57,7 @@ def random_backbone(name: str, alpha: float | None, size: int):
         return _random_backbone(name, alpha, size)
 
 
-def _check_cut(config: ModelConfig, base) -> None:
+def check_cut(config: ModelConfig, base) -> None:
     names = [layer.name for layer in base.layers]
     if config.cut_layer in names:
         layer = base.get_layer(config.cut_layer)
@@ -156,6 +76,58 @@ def _check_cut(config: ModelConfig, base) -> None:
     )
 
 
+def preprocessing_layers(backbone: str) -> list:
+    """The backbone's own `preprocess_input` as built-in Keras layers, to sit inside the model.
+
+    Built-in layers keep a saved model loadable by plain Keras, without Transfer Lab.
+
+    Args:
+        backbone: Backbone key.
+
+    Returns:
+        The layers, in order; none for backbones that rescale inside (EfficientNet, MobileNetV3).
+    """
+    mode = get_backbone(backbone).preprocess_mode
+    if mode == "tf":
+        return [keras.layers.Rescaling(1 / 127.5, offset=-1.0, name="preprocess")]
+    if mode == "torch":
+        mean = [255.0 * m for m in TORCH_MEAN]
+        variance = [(255.0 * s) ** 2 for s in TORCH_STD]
+        return [keras.layers.Normalization(mean=mean, variance=variance, name="preprocess")]
+    return []
+
+
+def preprocess(backbone: str, images):
+    """Applies `preprocessing_layers` to float RGB images 0-255 (a batch)."""
+    for layer in preprocessing_layers(backbone):
+        images = layer(images)
+    return images
+
+
+def freeze(body) -> None:
+    """Freezes a body so it runs in inference mode whatever `training` the outer model is called with.
+
+    In Keras 3 a functional model passes its own `training` flag to every layer inside,
+    overriding a nested `body(x, training=False)`. A frozen BatchNormalization already keeps
+    its moving statistics; layers that are random only in training (dropout, such as
+    EfficientNet's stochastic depth, and noise) are made identities, which is what they are
+    in inference.
+    """
+    body.trainable = False
+    for layer in _all_layers(body):
+        if isinstance(layer, keras.layers.Dropout) or hasattr(layer, "rate") and "Dropout" in type(layer).__name__:
+            layer.rate = 0.0
+        elif isinstance(layer, keras.layers.GaussianNoise):
+            layer.stddev = 0.0
+
+
+def _all_layers(model):
+    for layer in model.layers:
+        yield layer
+        if hasattr(layer, "layers"):
+            yield from _all_layers(layer)
+
+
 def build_body(config: ModelConfig):
     """Cuts the pretrained backbone at `config.cut_layer` and freezes it.
 
@@ -164,19 +136,24 @@ def build_body(config: ModelConfig):
 
     Returns:
         A frozen `keras.Model` named `backbone` from preprocessed images to the cut layer's
-        feature map.
+        feature map, running in inference mode (see `freeze`).
 
     Raises:
         ModelConfigError: unknown cut layer or invalid settings.
         WeightsUnavailableError: the pretrained weights cannot be had.
     """
+    return build_body_with_weights(config)[0]
+
+
+def build_body_with_weights(config: ModelConfig):
+    """`build_body`, also returning the `tlcore.backbones.WeightsInfo` of the weights loaded."""
     config = config.resolved()
     # Check the cut on the cached architecture first: a typo should not cost a weights load.
-    _check_cut(config, random_backbone(config.backbone, config.alpha, config.input_size))
-    base = build_backbone(config.backbone, config.alpha, config.input_size, config.weights)
+    check_cut(config, random_backbone(config.backbone, config.alpha, config.input_size))
+    base, weights = build_backbone_with_weights(config.backbone, config.alpha, config.input_size, config.weights)
     body = keras.Model(base.inputs, base.get_layer(config.cut_layer).output, name="backbone")
-    body.trainable = False
-    return body
+    freeze(body)
+    return body, weights
 
 
 def build_head(feature_shape, num_classes: int, config: ModelConfig):
@@ -231,8 +208,9 @@ def assemble(body, head, config: ModelConfig, name: str = "transfer_lab"):
     config = config.resolved()
     inputs = keras.Input(shape=(None, None, 3), name="image")
     x = keras.layers.Resizing(config.input_size, config.input_size, name="resize")(inputs)
-    x = BackbonePreprocess(config.backbone, name="preprocess")(x)
-    # training=False keeps BatchNormalization in inference mode even while the head trains.
+    for layer in preprocessing_layers(config.backbone):
+        x = layer(x)
+    # The Keras guide's `training=False`; `freeze` makes the body keep to it under `fit` too.
     x = body(x, training=False)
     outputs = head(x)
     return keras.Model(inputs, outputs, name=name)
@@ -295,7 +273,7 @@ def summarize(config: ModelConfig, num_classes: int) -> ModelSummary:
     num_classes = check_num_classes(num_classes)
     config = config.resolved()
     base = random_backbone(config.backbone, config.alpha, config.input_size)
-    _check_cut(config, base)
+    check_cut(config, base)
     body = keras.Model(base.inputs, base.get_layer(config.cut_layer).output)
     shape = tuple(int(v) for v in body.output.shape[1:])
     body_params = int(body.count_params())

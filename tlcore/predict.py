@@ -14,7 +14,7 @@ from PIL import Image
 
 from tlcore.errors import RunError
 from tlcore.images import load_array
-from tlcore.runs import CONFIG_FILE, MODEL_FILE, load_labels, load_model, read_json
+from tlcore.runs import Run
 
 RESIZE_LAYER = "resize"
 CACHED_PREDICTORS = 4
@@ -124,15 +124,19 @@ class Predictor:
         Raises:
             RunError: the run has no usable model or class names.
         """
-        run_dir = Path(run_dir)
-        model = load_model(run_dir)
-        labels = load_labels(run_dir)
-        size = model_input_size(model, read_json(run_dir / CONFIG_FILE, {}))
+        run = Run(run_dir)
+        model = run.load_model()
+        labels = run.labels()
+        size = model_input_size(model, run.config)
         return cls(model, labels, size)
 
     @property
     def num_classes(self) -> int:
         return len(self.labels)
+
+    def forward(self, images):
+        """The model's raw output for a float32 batch already at the input size, as a tensor."""
+        return self._forward(images)
 
     def resize(self, image: np.ndarray):
         """Resizes one `HxWx3` image to the input size exactly as the model's layer would."""
@@ -211,9 +215,8 @@ def get_predictor(run_dir: str | Path) -> Predictor:
         RunError: the run has no usable model or class names.
     """
     run_dir = Path(run_dir).resolve()
-    try:
-        stamp = (run_dir / MODEL_FILE).stat().st_mtime_ns
-    except OSError:
+    stamp = Run(run_dir).model_stamp()
+    if stamp is None:
         return Predictor.from_run(run_dir)  # Raises the plain "no saved model" error.
     key = str(run_dir)
     # Held while loading: two requests for the same new run should load it once, not twice.

@@ -1,0 +1,98 @@
+"""The dashboard's shared code: session state, cached look-ups, the followed training, the sidebar.
+
+Pages only render: they read widgets, call one `tlcore` function and show the result. What
+they share lives here, one concern per module; `tlcore` never imports any of it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import streamlit as st
+
+from dashboard.following import (  # noqa: F401  (the pages' API)
+    JOB_ID,
+    JOB_PARAM,
+    OWNED,
+    POLL_SECONDS,
+    adopt_finished,
+    current_job,
+    follow,
+    job_line,
+    keep_job_in_address,
+    owns_job,
+)
+from dashboard.lookups import (  # noqa: F401
+    class_count,
+    dataset,
+    evaluation,
+    health,
+    runs_dir,
+    save_upload,
+    thumbnail,
+    work_dir,
+)
+from dashboard.navigation import app_navigation, run_inside_app  # noqa: F401
+from dashboard.patches import keep_keras_between_reruns
+from dashboard.sidebar import describe_model, sidebar
+from dashboard.state import (  # noqa: F401
+    CURRENT_RUN,
+    DATA_NAME,
+    DATA_SOURCE,
+    KEEP,
+    MODEL_CONFIG,
+    MODEL_SETTINGS,
+    TRAIN_SETTINGS,
+    choose_dataset,
+    model_config,
+    remember_widgets,
+    show_settings,
+)
+
+keep_keras_between_reruns()
+
+
+def page_setup() -> None:
+    """Runs first on every page: makes sure it runs inside the navigation, keeps remembered widgets, draws the sidebar."""
+    run_inside_app()
+    remember_widgets()
+    current_job()  # after a reload, re-attaches to the training before anything is drawn
+    keep_job_in_address()
+    with st.sidebar:
+        sidebar()
+
+
+def show_error(error: Exception) -> None:
+    st.error(str(error), icon=":material/error:")
+
+
+def run_picker(label: str = "Model to use"):
+    """A selectbox of runs with a saved model, the current one first; None when there is none."""
+    from tlcore import runs as tlruns
+
+    choices = [info for info in tlruns.list_runs(runs_dir()) if info.has_model]
+    if not choices:
+        return None
+    current = st.session_state.get(CURRENT_RUN)
+    names = [info.name for info in choices]
+    index = names.index(Path(current).name) if current and Path(current).name in names else 0
+    picked = st.selectbox(
+        label,
+        choices,
+        index=index,
+        format_func=run_label,
+        help="Every training you ran is kept as a run. The newest one is used unless you pick another.",
+    )
+    st.session_state[CURRENT_RUN] = str(picked.path)
+    return picked
+
+
+def run_label(info) -> str:
+    model = info.config.get("model", {})
+    accuracy = f", validation accuracy {info.val_accuracy:.0%}" if info.val_accuracy is not None else ""
+    return f"{info.name} — {model.get('backbone', '?')} cut at {model.get('cut_layer', '?')}{accuracy}"
+
+
+def no_runs_yet() -> None:
+    st.info("There is no trained model yet. Train one first.", icon=":material/info:")
+    st.page_link("pages/train.py", label="Go to Train", icon=":material/arrow_forward:")

@@ -1,0 +1,93 @@
+"""Which training a browser session follows, and what to say about it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import streamlit as st
+
+from tlcore.config import Status
+
+from dashboard.state import CURRENT_RUN, DATA_SOURCE, MODEL_CONFIG, choose_dataset, show_settings
+
+JOB_ID = "job_id"  # the training this session follows
+OWNED = "job_owned"  # True when this session started that training (or reloaded the tab that did)
+JOB_PARAM = "job"  # address-bar parameter naming the tab's training, so a reload finds it again
+POLL_SECONDS = 1.0
+
+
+def current_job():
+    """The training this session follows.
+
+    That is the one it started, or after a browser reload (a new session) the one named in the
+    address bar; both are the session's own. Otherwise it watches whatever this server is
+    training, which may be another user's: see `owns_job`.
+    """
+    from tlcore.jobs import manager
+
+    jobs = manager()
+    followed = jobs.get(st.session_state.get(JOB_ID) or "")
+    if followed is not None and st.session_state.get(OWNED):
+        return followed
+    from_address = jobs.get(str(st.query_params.get(JOB_PARAM, ""))[:200])
+    if from_address is not None:
+        follow(from_address)
+        # Pick up the dataset and settings the training uses, so the pages agree with it.
+        if DATA_SOURCE not in st.session_state and isinstance(from_address.data, (str, Path)):
+            choose_dataset(from_address.data, Path(from_address.data).name)
+        if MODEL_CONFIG not in st.session_state:
+            show_settings(from_address.model_config, from_address.train_config)
+        return from_address
+    watched = jobs.active() or _newest_unfinished(jobs) or followed
+    st.session_state[JOB_ID] = watched.run_dir.name if watched is not None else None
+    return watched
+
+
+def follow(job) -> None:
+    """Makes `job` this session's own training, and remembers it in the address bar."""
+    st.session_state[JOB_ID] = job.run_dir.name
+    st.session_state[OWNED] = True
+    st.query_params[JOB_PARAM] = job.run_dir.name
+
+
+def owns_job() -> bool:
+    """True when the followed training was started by this user (in this tab)."""
+    return bool(st.session_state.get(OWNED)) and bool(st.session_state.get(JOB_ID))
+
+
+def keep_job_in_address() -> None:
+    """Opening another page clears the address bar's parameters: puts the training back."""
+    if owns_job():
+        st.query_params[JOB_PARAM] = st.session_state[JOB_ID]
+
+
+def _newest_unfinished(jobs):
+    waiting = [job for job in jobs.jobs() if not job.snapshot().done]
+    return waiting[-1] if waiting else None
+
+
+def job_line(job, state) -> str:
+    """One sentence saying where a training is."""
+    from tlcore.jobs import manager
+
+    if state.status == Status.QUEUED:
+        place = manager().position(job.run_dir.name)
+        ahead = f"{place - 1} training(s) ahead of it" if place else "starting"
+        return f"Waiting in line: {ahead}. Only one training runs at a time on this server."
+    if state.status == Status.RUNNING:
+        if state.phase != "training":
+            return f"Preparing to train: {state.phase or 'starting'}."
+        return f"Training: epoch {min(state.epoch + 1, state.epochs)} of {state.epochs}."
+    return {
+        Status.FINISHED: "Training finished.",
+        Status.STOPPED: "Training stopped.",
+        Status.FAILED: "Training failed.",
+    }.get(state.status, str(state.status))
+
+
+def adopt_finished(job, state) -> None:
+    """Makes a job's run the current model once it has saved one."""
+    if state.done and job.run_folder.has_model:
+        if st.session_state.get("adopted") != job.run_dir.name:
+            st.session_state["adopted"] = job.run_dir.name
+            st.session_state[CURRENT_RUN] = str(job.run_dir)

@@ -1,0 +1,93 @@
+"""Cached look-ups into `tlcore`: datasets, health reports, thumbnails and evaluations, each computed once."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import streamlit as st
+
+from tlcore import runs as tlruns
+from tlcore.errors import TransferLabError
+
+from dashboard.state import DATA_SOURCE
+
+
+def work_dir() -> Path:
+    from tlcore.dataset import default_work_dir
+
+    return Path(default_work_dir())
+
+
+def runs_dir() -> Path:
+    return tlruns.default_runs_dir()
+
+
+def save_upload(uploaded, folder: str) -> Path:
+    """Keeps an uploaded file on disk (once per upload) and returns its path."""
+    target = work_dir() / "uploads" / folder / uploaded.file_id / Path(uploaded.name).name
+    if not target.is_file():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(uploaded.getbuffer())
+    return target
+
+
+@st.cache_resource(max_entries=8, show_spinner=False)
+def _dataset(source: str, val_split: float, seed: int):
+    from tlcore.dataset import load_dataset
+
+    return load_dataset(source, val_split=val_split, seed=seed, work_dir=work_dir())
+
+
+@st.cache_resource(max_entries=8, show_spinner=False)
+def _health(source: str):
+    from tlcore.health import health_report
+
+    return health_report(_dataset(source, 0.2, 0))
+
+
+def dataset(source: str | None = None):
+    """The chosen dataset, read once per server; None when none is chosen.
+
+    Raises:
+        TransferLabError: the dataset cannot be read.
+    """
+    source = source or st.session_state.get(DATA_SOURCE)
+    return _dataset(str(source), 0.2, 0) if source else None
+
+
+def health(source: str):
+    return _health(str(source))
+
+
+def class_count(default: int = 2) -> int:
+    """Classes of the chosen dataset, or `default` while none is chosen or it is unreadable."""
+    try:
+        data = dataset()
+    except TransferLabError:
+        return default
+    return len(data.classes) if data is not None else default
+
+
+@st.cache_data(max_entries=512, show_spinner=False)
+def thumbnail(source, side: int = 160):
+    """A small upright RGB copy of an image (path or bytes) for galleries; None if unreadable."""
+    from tlcore.images import load_rgb
+
+    try:
+        image = load_rgb(source)
+    except (TransferLabError, OSError):
+        return None
+    image.thumbnail((side, side))
+    return image
+
+
+@st.cache_resource(max_entries=4, show_spinner=False)
+def _evaluation(run_dir: str, model_stamp: int, subset: str):
+    from tlcore.evaluate import evaluate
+
+    return evaluate(run_dir, subset=subset)
+
+
+def evaluation(info, subset: str):
+    """The run's scores on its own `subset` images ("validation" or "test"), once per saved model."""
+    return _evaluation(str(info.path), info.run.model_stamp() or 0, subset)

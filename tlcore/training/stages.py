@@ -1,0 +1,211 @@
+"""Training stages, one function each: the head on cached features, or the whole model on images.
+
+A stage takes a `StageContext` (the data, the frozen body, the settings and the job's
+callbacks), trains, and returns the assembled model to save. A new stage (fine-tuning the top
+of the backbone, say) is one more function here and one more entry in `stages_for`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import keras
+import numpy as np
+
+from tlcore.config import ModelConfig, Phase, TrainConfig
+from tlcore.extraction import KeptBody, features_for
+from tlcore.features import MAP, FeatureCache
+from tlcore.inputs import ViewBatches, augmenter, feature_batches, image_dataset
+from tlcore.model import assemble, build_head
+from tlcore.training.callbacks import (
+    BestEpochRecorder,
+    HistoryWriter,
+    NanGuard,
+    ProgressReporter,
+    RescueWeights,
+    StopOnRequest,
+)
+from tlcore.training.events import Progress
+
+HEAD_ON_FEATURES = "head on features"
+END_TO_END = "end to end"
+# Heads this small run this many training steps per call into TensorFlow, which saves the
+# per-step Python overhead that otherwise dominates; larger heads run one step per call so
+# that a stop request is honoured quickly.
+STEPS_PER_EXECUTION = 16
+SMALL_HEAD_PARAMETERS = 1_000_000
+# Validation batches hold this many images at least: fewer calls, same metrics.
+VALIDATION_BATCH = 256
+# Seeds of the kept augmented views: view v of seed s is the same whichever other views exist.
+VIEW_SEED_STEP = 1000
+
+
+@dataclass
+class StageContext:
+    """What a stage needs, and what it leaves for the job.
+
+    Attributes:
+        config: Resolved model settings.
+        settings: Resolved training settings.
+        dataset: The `tlcore.dataset.Dataset`.
+        kept: The frozen body (`tlcore.extraction.frozen_body`).
+        cache: The feature cache.
+        job: The `TrainingJob`, for progress and stop requests.
+        callbacks: Extra callbacks given to every `fit` after the job's own (tests inject faults here).
+        in_use: Feature shards in use, never evicted meanwhile.
+        rescue: Set by the stage: the weights to save if training fails midway.
+        model: Set by the stage: the assembled model (what is saved).
+    """
+
+    config: ModelConfig
+    settings: TrainConfig
+    dataset: object
+    kept: KeptBody
+    cache: FeatureCache
+    job: object
+    callbacks: list = field(default_factory=list)
+    in_use: set = field(default_factory=set)
+    rescue: RescueWeights | None = None
+    model: object = None
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.dataset.classes)
+
+
+Stage = Callable[[StageContext], object]
+
+
+def stages_for(settings: TrainConfig) -> list[tuple[str, Stage]]:
+    """The stages a training runs, in order, by name."""
+    if settings.augment and not settings.augment_views:
+        return [(END_TO_END, train_end_to_end)]
+    return [(HEAD_ON_FEATURES, train_head_on_features)]
+
+
+def make_optimizer(settings: TrainConfig):
+    return {
+        "rmsprop": keras.optimizers.RMSprop,
+        "adam": keras.optimizers.Adam,
+        "sgd": keras.optimizers.SGD,
+    }[settings.optimizer](learning_rate=settings.learning_rate)
+
+
+def compile_for(model, num_classes: int, settings: TrainConfig, steps_per_execution: int = 1) -> None:
+    loss = "binary_crossentropy" if num_classes == 2 else "sparse_categorical_crossentropy"
+    model.compile(optimizer=make_optimizer(settings), loss=loss, metrics=["accuracy"], steps_per_execution=steps_per_execution)
+
+
+def class_weights(labels, num_classes: int, mode: str) -> dict[int, float] | None:
+    """Keras `class_weight` for `mode`: None for `"none"`; for `"balanced"`, n / (classes x count).
+
+    With balanced weights every class adds the same total to the loss, however many images it has.
+    """
+    if mode == "none":
+        return None
+    counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=num_classes)
+    total = counts.sum()
+    return {label: float(total / (num_classes * count)) if count else 0.0 for label, count in enumerate(counts)}
+
+
+def head_after_pooling(head):
+    """The part of a pooling head after its pooling layer, sharing its layers, or None.
+
+    Training it on pooled features trains the head itself.
+    """
+    layers = head.layers
+    if len(layers) < 3 or not isinstance(layers[1], (keras.layers.GlobalAveragePooling2D, keras.layers.GlobalMaxPooling2D)):
+        return None
+    if not all(isinstance(layer, (keras.layers.Dense, keras.layers.Dropout)) for layer in layers[2:]):
+        return None
+    inputs = keras.Input(shape=(int(head.input.shape[-1]),), name="pooled_features")
+    x = inputs
+    for layer in layers[2:]:
+        x = layer(x)
+    return keras.Model(inputs, x, name="head_after_pooling")
+
+
+def _fit(ctx: StageContext, model, train, validation, stage: str, **fit) -> None:
+    # In this order: a NaN epoch is never recorded, and the rescue weights are those recorded.
+    callbacks = [NanGuard(), HistoryWriter(ctx.job, stage), ctx.rescue, StopOnRequest(ctx.job),
+                 ProgressReporter(ctx.job), *ctx.callbacks]
+    callbacks = [callback for callback in callbacks if callback is not None]
+    settings = ctx.settings
+    if settings.early_stopping:
+        stopper = keras.callbacks.EarlyStopping(monitor="val_loss", patience=settings.patience, restore_best_weights=True)
+        callbacks += [stopper, BestEpochRecorder(ctx.job, stopper)]
+    labels = [item.label for item in ctx.dataset.train]
+    model.fit(
+        train,
+        validation_data=validation,
+        epochs=settings.epochs,
+        callbacks=callbacks,
+        class_weight=class_weights(labels, ctx.num_classes, settings.class_weights),
+        verbose=0,
+        **fit,
+    )
+
+
+def train_head_on_features(ctx: StageContext):
+    """The fast stage: the backbone runs once per image (features are cached), then the head alone trains.
+
+    An average- or max-pooling head trains on features pooled once at extraction: the pooling
+    has no weights, and pooled features are 49 times smaller for a 7x7 map. With kept augmented
+    views, epoch e trains on view e mod N of the training images.
+    """
+    config, settings, dataset = ctx.config, ctx.settings, ctx.dataset
+    body = ctx.kept.body
+    head = build_head(body.output.shape[1:], ctx.num_classes, config)
+    trainable = head_after_pooling(head)
+    variant = MAP if trainable is None else config.pooling
+    trainable = trainable or head
+    views = settings.kept_views
+
+    def features(items, split: str, view_seed=None):
+        def progress(done, total, cached):
+            ctx.job.update(step=done, steps=total)
+            ctx.job.emit(Progress(phase=Phase.EXTRACTING, done=done, total=total, split=split, cached=cached))
+
+        return features_for(ctx.kept, items, variant, ctx.cache, view_seed=view_seed, progress=progress,
+                            should_stop=lambda: ctx.job.stop_requested, in_use=ctx.in_use)
+
+    with ctx.job.phase(Phase.EXTRACTING):
+        if views:
+            train_x = [features(dataset.train, f"train, view {v + 1}", settings.seed + VIEW_SEED_STEP * (v + 1))
+                       for v in range(views)]
+        else:
+            train_x = features(dataset.train, "train")
+        val_x = features(dataset.validation, "validation")
+    train_y = np.asarray([item.label for item in dataset.train], dtype="int32")
+    val_y = np.asarray([item.label for item in dataset.validation], dtype="int32")
+    ctx.model = assemble(body, head, config)
+    ctx.rescue = RescueWeights(head)
+    small = head.count_params() <= SMALL_HEAD_PARAMETERS
+    compile_for(trainable, ctx.num_classes, settings, steps_per_execution=STEPS_PER_EXECUTION if small else 1)
+    batch = settings.batch_size
+    with ctx.job.phase(Phase.TRAINING):
+        if views:
+            train = ViewBatches(train_x, train_y, batch, settings.seed)
+        else:
+            train = feature_batches(train_x, train_y, batch, settings.seed)
+        validation = feature_batches(val_x, val_y, max(batch, VALIDATION_BATCH), None)
+        _fit(ctx, trainable, train, validation, HEAD_ON_FEATURES)
+    return ctx.model
+
+
+def train_end_to_end(ctx: StageContext):
+    """The whole model trains on images augmented afresh every epoch; the frozen body runs every time."""
+    config, settings, dataset = ctx.config, ctx.settings, ctx.dataset
+    body = ctx.kept.body
+    head = build_head(body.output.shape[1:], ctx.num_classes, config)
+    model = assemble(body, head, config)
+    ctx.model = model
+    ctx.rescue = RescueWeights(head)
+    compile_for(model, ctx.num_classes, settings)
+    size, batch = config.input_size, settings.batch_size
+    train = image_dataset(dataset.train, size, batch, shuffle_seed=settings.seed, augment=augmenter(settings.seed))
+    validation = image_dataset(dataset.validation, size, batch)
+    with ctx.job.phase(Phase.TRAINING):
+        _fit(ctx, model, train, validation, END_TO_END)
+    return model
