@@ -34,7 +34,7 @@ from dashboard.lookups import (  # noqa: F401
 )
 from dashboard.navigation import app_navigation, run_inside_app  # noqa: F401
 from dashboard.patches import keep_keras_between_reruns
-from dashboard.sidebar import describe_model, sidebar
+from dashboard.sidebar import describe_model, sidebar  # noqa: F401  (the pages use describe_model)
 from dashboard.state import (  # noqa: F401
     CURRENT_RUN,
     DATA_NAME,

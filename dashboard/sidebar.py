@@ -37,10 +37,9 @@ def sidebar() -> None:
         try:
             data = dataset()
             counts = {split: sum(per.values()) for split, per in data.counts().items()}
-            st.text(name)
             shown = ", ".join(data.classes[:6]) + (" …" if len(data.classes) > 6 else "")
-            st.caption(f"{len(data.classes)} classes: ")
-            st.text(shown)
+            # Names come from the user's files: shown as plain text, never as Markdown.
+            st.text(f"{name}\n{len(data.classes)} classes: {shown}")
             st.caption(", ".join(f"{n} {split}" for split, n in counts.items()))
         except TransferLabError as error:
             st.text(name)
@@ -79,5 +78,4 @@ def _sidebar_job() -> None:
         st.session_state["sidebar_saw_running"] = job.run_dir.name
     run = st.session_state.get(CURRENT_RUN)
     if run:
-        st.caption("Current model:")
-        st.text(Path(run).name)
+        st.caption(f"Current model: {Path(run).name}")

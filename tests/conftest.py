@@ -85,3 +85,17 @@ def no_cached_weights(tmp_path, monkeypatch) -> Path:
     (home / "models").mkdir(parents=True)
     monkeypatch.setenv("KERAS_HOME", str(home))
     return home
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """A headless Debian Chromium driven by Playwright, for one test module."""
+    from browser_helpers import CHROMIUM_ARGS, require_chromium
+
+    chromium = require_chromium()
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(chromium), args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()

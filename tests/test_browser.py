@@ -11,7 +11,6 @@ import pytest
 from tlcore.model import ModelConfig, summarize
 
 from browser_helpers import (
-    CHROMIUM_ARGS,
     SLOW,
     TRAINING,
     Server,
@@ -36,17 +35,6 @@ def server(tmp_path_factory, keras_home):
         yield server
     finally:
         server.stop()
-
-
-@pytest.fixture(scope="module")
-def browser():
-    chromium = require_chromium()
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(chromium), args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
 
 
 @pytest.fixture

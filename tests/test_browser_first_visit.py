@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
-from browser_helpers import CHROMIUM_ARGS, SLOW, Server, require_chromium, type_number, wait_for_value
+from browser_helpers import SLOW, Server, type_number, wait_for_value
 
 NAMED_PAGES = ["Data", "Model", "Train", "Evaluate", "Predict", "Runs"]
 SETTLE = 15_000  # milliseconds: the page is drawn, its run may still be sending messages
@@ -20,17 +20,6 @@ LINK_LABELS = (
     "[...document.querySelectorAll('[data-testid=stSidebarNav] a')].map(a => { const c = a.cloneNode(true);"
     " c.querySelectorAll('[aria-hidden=true]').forEach(e => e.remove()); return c.innerText.trim(); })"
 )
-
-
-@pytest.fixture(scope="module")
-def browser():
-    chromium = require_chromium()
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(chromium), args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
 
 
 @pytest.fixture

@@ -21,7 +21,7 @@ from PIL import Image
 
 from conftest import MOBILENET_WEIGHTS, ROOT
 from conftest_data import class_files, encode, make_zip, real_images, write_files
-from weights_files import random_backbone_weights, write_weights_file
+from weights_files import random_backbone_weights
 
 from tlcore import runs
 from tlcore.backbones import BACKBONES, fresh_layer_names

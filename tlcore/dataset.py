@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import os
 import random
-from collections import defaultdict
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path

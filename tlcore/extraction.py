@@ -12,7 +12,6 @@ import hashlib
 import json
 import math
 import threading
-import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -221,7 +220,7 @@ def features_for(
         shapes = {v: (map_shape if v == MAP else map_shape[-1:]) for v in stored}
         writer = store.writer(missing, shapes)
         augment = augmenter(view_seed) if view_seed is not None else None
-        done, started = 0, time.perf_counter()
+        done = 0
         try:
             for images, _ in image_dataset(todo, kept.config.input_size, EXTRACTION_BATCH, augment=augment):
                 if should_stop is not None and should_stop():
