@@ -21,12 +21,14 @@ from dashboard.following import (  # noqa: F401  (the pages' API)
     job_line,
     keep_job_in_address,
     owns_job,
+    run_from_address,
 )
 from dashboard.lookups import (  # noqa: F401
     class_count,
     dataset,
     evaluation,
     health,
+    load_upload,
     runs_dir,
     save_upload,
     thumbnail,
@@ -34,6 +36,7 @@ from dashboard.lookups import (  # noqa: F401
 )
 from dashboard.navigation import app_navigation, run_inside_app  # noqa: F401
 from dashboard.patches import keep_keras_between_reruns
+from dashboard.text import plain
 from dashboard.sidebar import describe_model, sidebar  # noqa: F401  (the pages use describe_model)
 from dashboard.state import (  # noqa: F401
     CURRENT_RUN,
@@ -63,7 +66,8 @@ def page_setup() -> None:
 
 
 def show_error(error: Exception) -> None:
-    st.error(str(error), icon=":material/error:")
+    """A `tlcore` error's sentence, which may quote a user's names, shown as written."""
+    st.error(plain(error), icon=":material/error:")
 
 
 def run_picker(label: str = "Model to use"):

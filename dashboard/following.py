@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import streamlit as st
@@ -14,6 +15,8 @@ JOB_ID = "job_id"  # the training this session follows
 OWNED = "job_owned"  # True when this session started that training (or reloaded the tab that did)
 JOB_PARAM = "job"  # address-bar parameter naming the tab's training, so a reload finds it again
 POLL_SECONDS = 1.0
+# What a run folder's name may look like; anything else in the address names nothing.
+RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,199}")
 
 
 def current_job():
@@ -91,3 +94,18 @@ def adopt_finished(job, state) -> None:
         if st.session_state.get("adopted") != job.run_dir.name:
             st.session_state["adopted"] = job.run_dir.name
             st.session_state[CURRENT_RUN] = str(job.run_dir)
+
+
+def run_from_address():
+    """The run the address bar names when its training is not running in this server (it was
+    interrupted by a restart, or ended before it): a `tlcore.runs.RunInfo`, or None."""
+    from tlcore.errors import RunError
+    from tlcore.runs import default_runs_dir, read_run
+
+    name = str(st.query_params.get(JOB_PARAM, ""))
+    if not RUN_NAME.fullmatch(name) or ".." in name:
+        return None
+    try:
+        return read_run(default_runs_dir() / name)
+    except RunError:
+        return None

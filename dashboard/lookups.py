@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import streamlit as st
@@ -22,13 +23,43 @@ def runs_dir() -> Path:
     return tlruns.default_runs_dir()
 
 
+UPLOAD_NAMES = {"datasets": "dataset.zip", "weights": "weights.h5"}
+
+
 def save_upload(uploaded, folder: str) -> Path:
-    """Keeps an uploaded file on disk (once per upload) and returns its path."""
-    target = work_dir() / "uploads" / folder / uploaded.file_id / Path(uploaded.name).name
+    """Keeps an uploaded file on disk (once per upload) and returns its path.
+
+    The file is stored under a name of ours: the user's may be too long or hold anything.
+    """
+    safe_id = "".join(c for c in str(uploaded.file_id) if c.isalnum() or c in "-_")[:64] or "upload"
+    target = work_dir() / "uploads" / folder / safe_id / UPLOAD_NAMES[folder]
     if not target.is_file():
         target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(uploaded.getbuffer())
+        partial = target.with_name(f".{target.name}.partial")
+        partial.write_bytes(uploaded.getbuffer())
+        partial.replace(target)
     return target
+
+
+def load_upload(uploaded) -> Path:
+    """Unpacks and checks an uploaded dataset zip, then deletes the upload; returns the dataset's folder.
+
+    The unpacked folder is named by the zip's content, so the same zip uploaded again is stored once.
+
+    Raises:
+        TransferLabError: the zip was refused; nothing of it is kept.
+    """
+    from tlcore.dataset import load_dataset
+
+    path = save_upload(uploaded, "datasets")
+    try:
+        root = Path(load_dataset(path, work_dir=work_dir()).root)
+    finally:
+        path.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            path.parent.rmdir()
+    dataset(str(root))  # read once more from its folder, which is what the pages use from now on
+    return root
 
 
 @st.cache_resource(max_entries=8, show_spinner=False)

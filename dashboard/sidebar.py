@@ -12,6 +12,7 @@ from tlcore.errors import TransferLabError
 from dashboard.following import POLL_SECONDS, adopt_finished, current_job, job_line
 from dashboard.lookups import dataset
 from dashboard.state import CURRENT_RUN, DATA_NAME, model_config
+from dashboard.text import plain
 
 
 def describe_model(config, inline: bool = False) -> str:
@@ -43,14 +44,14 @@ def sidebar() -> None:
             st.caption(", ".join(f"{n} {split}" for split, n in counts.items()))
         except TransferLabError as error:
             st.text(name)
-            st.caption(str(error))
+            st.caption(plain(error))
     else:
         st.caption("None chosen yet: open **Data**.")
     st.markdown("#### Model")
     try:
         st.markdown(describe_model(model_config()))
     except TransferLabError as error:
-        st.caption(str(error))
+        st.caption(plain(error))
     st.markdown("#### Training")
     job = current_job()
     if job is None or job.snapshot().done:
@@ -78,4 +79,4 @@ def _sidebar_job() -> None:
         st.session_state["sidebar_saw_running"] = job.run_dir.name
     run = st.session_state.get(CURRENT_RUN)
     if run:
-        st.caption(f"Current model: {Path(run).name}")
+        st.caption(f"Current model: {plain(Path(run).name)}")

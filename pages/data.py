@@ -38,9 +38,8 @@ try:
     if uploaded is not None and st.session_state.get("uploaded_id") != uploaded.file_id:
         st.session_state["uploaded_id"] = uploaded.file_id
         with st.spinner("Unpacking and checking every image…"):
-            path = ui.save_upload(uploaded, "datasets")
-            ui.dataset(str(path))
-        ui.choose_dataset(path, uploaded.name)
+            root = ui.load_upload(uploaded)
+        ui.choose_dataset(root, uploaded.name)
         st.rerun()
     if use_sample:
         with st.spinner(f"Preparing the {SAMPLES[sample].display_name} sample…"):
@@ -64,7 +63,7 @@ except TransferLabError as error:
     ui.show_error(error)
     st.stop()
 
-st.header(st.session_state.get(ui.DATA_NAME, "Dataset"), divider="gray")
+st.header(ui.plain(st.session_state.get(ui.DATA_NAME, "Dataset")), divider="gray")
 totals = {split: sum(per.values()) for split, per in report.counts.items()}
 metrics = st.columns(2 + len(totals))
 metrics[0].metric("Classes", len(report.classes))
@@ -75,9 +74,9 @@ if not data.presplit:
     st.caption("The zip was not split, so 20 % of each class is held out to measure the model (validation).")
 
 for message in report.errors:
-    st.error(message, icon=":material/error:")
+    st.error(ui.plain(message), icon=":material/error:")
 for message in report.warnings:
-    st.warning(message, icon=":material/warning:")
+    st.warning(ui.plain(message), icon=":material/warning:")
 if report.ok and not report.warnings:
     st.success("No problems found: this dataset is ready to train on.", icon=":material/check_circle:")
 

@@ -24,7 +24,7 @@ uploads = st.file_uploader(
     help="Any common format and any size: each picture is resized for the model automatically.",
 )
 if not uploads:
-    st.info(f"The model knows these classes: {', '.join(info.classes)}. Upload a picture to see what it thinks.",
+    st.info(f"The model knows these classes: {ui.plain(', '.join(info.classes))}. Upload a picture to see what it thinks.",
             icon=":material/image:")
     st.stop()
 
@@ -39,12 +39,12 @@ for upload in uploads:
     try:
         prediction = predictor.predict([upload.getvalue()])[0]
     except TransferLabError as error:
-        st.error(f"**{upload.name}**: {error}", icon=":material/error:")
+        st.error(f"**{ui.plain(upload.name)}**: {ui.plain(error)}", icon=":material/error:")
         continue
     picture, chart = st.columns([1, 2], gap="large", vertical_alignment="center")
     image = ui.thumbnail(upload.getvalue(), 320)
     if image is not None:
-        picture.image(image, caption=upload.name, width="stretch")
-    chart.markdown(f"### {prediction.top_class} ({prediction.confidence:.0%} sure)")
+        picture.image(image, caption=ui.plain(upload.name), width="stretch")
+    chart.markdown(f"### {ui.plain(prediction.top_class)} ({prediction.confidence:.0%} sure)")
     chart.plotly_chart(probabilities_figure(prediction.probabilities, title=upload.name), key=f"probabilities-{upload.file_id}")
     st.divider()

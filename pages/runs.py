@@ -87,7 +87,7 @@ actions = st.columns([2, 2, 2, 3])
 if len(selected) == 1 and selected[0].has_model:
     if actions[0].button("Use as current model", icon=":material/check:"):
         st.session_state[ui.CURRENT_RUN] = str(selected[0].path)
-        st.toast(f"Evaluate and Predict now use {selected[0].name}.")
+        st.toast(f"Evaluate and Predict now use {ui.plain(selected[0].name)}.")
 if len(selected) == 1:
     if actions[1].button("Copy its settings", icon=":material/content_copy:",
                          help="Puts this run's model and training settings on the Model and Train pages."):

@@ -64,10 +64,12 @@ def result(job, state) -> None:
     ui.adopt_finished(job, state)
     if state.status == Status.FINISHED:
         st.success(f"Training finished in {duration(state.seconds)}.", icon=":material/check_circle:")
+        if state.unreadable:
+            st.warning(ui.plain(state.message), icon=":material/warning:")
     elif state.status == Status.STOPPED:
-        st.warning(state.message or "Training was stopped.", icon=":material/stop_circle:")
+        st.warning(ui.plain(state.message or "Training was stopped."), icon=":material/stop_circle:")
     else:
-        st.error(state.message or "Training failed.", icon=":material/error:")
+        st.error(ui.plain(state.message or "Training failed."), icon=":material/error:")
     history, final = state.history, state.final
     if final.get("val_accuracy") is not None:
         epochs = len(history.get("val_accuracy", []))
@@ -97,6 +99,20 @@ def result(job, state) -> None:
         st.caption("Load it in Python with `keras.saving.load_model(path)`; it holds only built-in Keras "
                    "layers and takes raw RGB images of any size. labels.json lists the classes in output order; "
                    "config.json and history.json record how it was trained.")
+
+
+def past_result(info) -> None:
+    """A training this server is not running, named in the address bar: most often one a restart interrupted."""
+    history = info.history_record
+    if info.status == Status.INTERRUPTED:
+        saved = "The model was saved." if info.has_model else "No model was saved."
+        st.warning(f"This training was interrupted (the server stopped or restarted) after {history.epochs} "
+                   f"epoch(s). {saved} Start it again above.", icon=":material/warning:")
+    else:
+        st.info(f"This training {ui.plain(info.status)}: {ui.plain(info.message or 'see the Runs page.')}",
+                icon=":material/info:")
+    if history.epochs:
+        curves(info.history, history.best_epoch)
 
 
 def advice(train_accuracy, val_accuracy) -> None:
@@ -221,3 +237,5 @@ if running:
     st.fragment(live, run_every=ui.POLL_SECONDS)()
 elif job is not None and ui.owns_job():
     result(job, state)
+elif job is None and (past := ui.run_from_address()) is not None:
+    past_result(past)

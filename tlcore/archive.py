@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import lzma
+import os
 import re
 import shutil
 import stat
@@ -38,6 +40,12 @@ class ZipLimits:
         max_ratio: Highest unpacked-to-packed size ratio of one file, a sign of a zip bomb.
         ratio_min_bytes: Files smaller than this are exempt from the ratio check, since small
             files (blank images, text) legitimately compress very well.
+        max_total_ratio: Highest unpacked-to-packed ratio of the whole archive, which many small
+            files of zeros cannot escape.
+        total_ratio_min_bytes: Archives unpacking to less than this are exempt from the total ratio.
+        max_depth: Most folders one entry's path may go down.
+        max_name_length: Most characters in one file or folder name.
+        max_path_length: Most characters in one entry's whole path.
     """
 
     max_members: int = 20_000
@@ -45,6 +53,20 @@ class ZipLimits:
     max_file_bytes: int = 256 * _MiB
     max_ratio: float = 100.0
     ratio_min_bytes: int = _MiB
+    max_total_ratio: float = 50.0
+    total_ratio_min_bytes: int = 64 * _MiB
+    max_depth: int = 12
+    max_name_length: int = 120
+    max_path_length: int = 400
+
+    @classmethod
+    def from_limits(cls, limits) -> "ZipLimits":
+        """The zip limits of a `tlcore.limits.Limits`."""
+        return cls(
+            max_members=limits.max_members, max_total_bytes=limits.max_total_bytes, max_file_bytes=limits.max_file_bytes,
+            max_ratio=limits.max_ratio, max_total_ratio=limits.max_total_ratio, max_depth=limits.max_depth,
+            max_name_length=limits.max_name_length, max_path_length=limits.max_path_length,
+        )
 
 
 @dataclass(frozen=True)
@@ -98,6 +120,17 @@ def _safe_parts(info: zipfile.ZipInfo) -> tuple[str, ...]:
 def _check_member(info: zipfile.ZipInfo, limits: ZipLimits) -> _Member:
     name = _display(member_name(info))
     parts = _safe_parts(info)
+    if len(parts) > limits.max_depth + 1:
+        raise UnsafeArchiveError(
+            f"The zip archive was rejected because `{name}` lies {len(parts) - 1} folders deep, more than the "
+            f"{limits.max_depth} allowed. Put the class folders near the top of the zip."
+        )
+    long_name = next((part for part in parts if len(part) > limits.max_name_length), None)
+    if long_name is not None or len("/".join(parts)) > limits.max_path_length:
+        raise UnsafeArchiveError(
+            f"The zip archive was rejected because the name `{_display(long_name or '/'.join(parts))}` is too long "
+            f"(at most {limits.max_name_length} characters per name). Rename the file or folder and zip it again."
+        )
     mode = info.external_attr >> 16
     # Many tools store permission bits without a file type; no type means an ordinary file.
     file_type = stat.S_IFMT(mode)
@@ -191,7 +224,15 @@ def _check_zip(archive: zipfile.ZipFile, limits: ZipLimits = ZipLimits()) -> lis
             f"The zip archive was rejected because it would unpack to {_size(total)}, more than the "
             f"{_size(limits.max_total_bytes)} allowed. Upload smaller images or fewer of them."
         )
+    packed = sum(member.info.compress_size for member in members)
+    if total >= limits.total_ratio_min_bytes and total / max(packed, 1) > limits.max_total_ratio:
+        raise UnsafeArchiveError(
+            f"The zip archive was rejected because it would unpack to {_size(total)} from only {_size(packed)} "
+            f"({total / max(packed, 1):,.0f} times more), the mark of a zip bomb. Photos never compress that much; "
+            "zip the real image files."
+        )
     seen: set[tuple[str, ...]] = set()
+    folders: set[tuple[str, ...]] = set()
     for member in members:
         if member.parts in seen and not member.is_dir:
             raise UnsafeArchiveError(
@@ -199,6 +240,13 @@ def _check_zip(archive: zipfile.ZipFile, limits: ZipLimits = ZipLimits()) -> lis
                 "Zip the dataset folder again with an ordinary zip tool."
             )
         seen.add(member.parts)
+        folders.update(member.parts[:i] for i in range(1, len(member.parts) + (1 if member.is_dir else 0)))
+    clash = next((m for m in members if not m.is_dir and m.parts in folders), None)
+    if clash is not None:
+        raise UnsafeArchiveError(
+            f"The zip archive was rejected because `{_display('/'.join(clash.parts))}` is both a file and a folder. "
+            "Rename one of them and zip the dataset again."
+        )
     return members
 
 
@@ -236,9 +284,23 @@ def extract_zip(
         raise FileExistsError(destination)
     with open_zip(zip_path) as archive:
         members = _check_zip(archive, limits)
-        with staged_folder(destination) as staging:
-            _write_members(archive, members, staging, limits, progress)
+        try:
+            with staged_folder(destination) as staging:
+                _write_members(archive, members, staging, limits, progress)
+        except (DatasetError, FileExistsError):
+            raise
+        except (OSError, RecursionError, ValueError) as error:
+            # Whatever the file system makes of odd names, the user gets a refusal, not a traceback.
+            raise UnsafeArchiveError(
+                "The zip archive could not be unpacked on the server (its file or folder names are unusual: "
+                f"{_first_words(error)}). Zip the dataset folder again with ordinary names."
+            ) from error
     return destination
+
+
+def _first_words(error: BaseException) -> str:
+    text = getattr(error, "strerror", None) or str(error) or type(error).__name__
+    return str(text).splitlines()[0][:80]
 
 
 @contextmanager
@@ -260,8 +322,27 @@ def staged_folder(destination: Path) -> Iterator[Path]:
         yield staging
         staging.rename(destination)
     except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
+        remove_tree(staging)
         raise
+
+
+def remove_tree(folder: Path) -> None:
+    """Deletes a folder however deep it goes, never raising; what cannot be deleted is left."""
+    try:
+        shutil.rmtree(folder, ignore_errors=True)
+    except RecursionError:
+        pass
+    if folder.exists():
+        # `rmtree` recurses; a folder nested thousands deep needs a loop.
+        for root, dirs, files in os.walk(folder, topdown=False):
+            for name in files:
+                with contextlib.suppress(OSError):
+                    os.unlink(os.path.join(root, name))
+            for name in dirs:
+                with contextlib.suppress(OSError):
+                    os.rmdir(os.path.join(root, name))
+        with contextlib.suppress(OSError):
+            os.rmdir(folder)
 
 
 def _write_members(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 from collections.abc import Mapping, Sequence
 
 import plotly.colors
@@ -12,6 +13,11 @@ TEMPLATE = "plotly_white"
 PALETTE = plotly.colors.qualitative.Plotly
 TRAIN_COLOR = PALETTE[0]
 VALIDATION_COLOR = PALETTE[1]
+
+
+def label(text) -> str:
+    """A name from the user's files as Plotly shows it: its `<a href=...>` and the like are only text."""
+    return html.escape(str(text), quote=False)
 
 
 def _check_metric(metric: str) -> str:
@@ -84,7 +90,7 @@ def history_figure(
                 marker={"size": 7},
             )
         )
-    _style(figure, title or METRICS[metric], "Epoch", METRICS[metric])
+    _style(figure, label(title) if title else METRICS[metric], "Epoch", METRICS[metric])
     _metric_axes(figure, metric)
     if best_epoch:
         figure.add_vline(
@@ -122,8 +128,8 @@ def compare_runs_figure(runs: Mapping[str, Mapping[str, Sequence]], metric: str 
                 go.Scatter(
                     x=_epochs(values),
                     y=values,
-                    name=f"{run_name} ({part})",
-                    legendgroup=run_name,
+                    name=f"{label(run_name)} ({part})",
+                    legendgroup=label(run_name),
                     mode="lines+markers",
                     line={"color": color, "width": 2, "dash": dash},
                     marker={"size": 6},
@@ -152,7 +158,7 @@ def counts_figure(counts: Mapping[str, Mapping[str, int]], title: str = "Images 
         values = [int(per_class.get(name, 0)) for name in classes]
         figure.add_trace(
             go.Bar(
-                x=classes,
+                x=[label(name) for name in classes],
                 y=values,
                 name=split.capitalize(),
                 text=values,
@@ -183,7 +189,7 @@ def confusion_figure(matrix: Sequence[Sequence[int]], classes: Sequence[str], ti
         ValueError: the matrix is not square with one row per class.
     """
     rows = [[int(value) for value in row] for row in matrix]
-    classes = [str(name) for name in classes]
+    classes = [label(name) for name in classes]
     if len(rows) != len(classes) or any(len(row) != len(classes) for row in rows):
         raise ValueError(
             f"The confusion matrix must be {len(classes)}x{len(classes)} for {len(classes)} classes."
@@ -221,7 +227,7 @@ def probabilities_figure(probabilities: Mapping[str, float], title: str = "Predi
     """
     ranked = sorted(probabilities.items(), key=lambda item: item[1], reverse=True)
     # Plotly draws the first bar at the bottom, so the list goes in lowest first.
-    names = [str(name) for name, _ in reversed(ranked)]
+    names = [label(name) for name, _ in reversed(ranked)]
     values = [float(value) for _, value in reversed(ranked)]
     colors = [PALETTE[0] if index == len(values) - 1 else "#9db4d6" for index in range(len(values))]
     figure = go.Figure(
@@ -235,7 +241,7 @@ def probabilities_figure(probabilities: Mapping[str, float], title: str = "Predi
             hovertemplate="%{y}: %{x:.1%}<extra></extra>",
         )
     )
-    _style(figure, title, "Probability", "Class")
+    _style(figure, label(title), "Probability", "Class")
     figure.update_layout(hovermode="closest", showlegend=False, height=max(220, 60 + 40 * len(values)))
     figure.update_xaxes(tickformat=".0%", range=[0, 1])
     figure.update_yaxes(type="category")

@@ -123,7 +123,11 @@ def _convert(source: Path, check: images.ImageCheck, folder: Path) -> Path | str
     """Writes the PNG copy of one image once; returns its path, or the reason it failed."""
     target = folder / check.digest[:2] / f"{check.digest}-{CONVERSION_VERSION}.png"
     if target.is_file():
-        return target
+        try:
+            os.utime(target)  # in use again: the work folder's budget removes the least recently used first
+            return target
+        except OSError:
+            pass  # removed meanwhile: made again below
     target.parent.mkdir(parents=True, exist_ok=True)
     # A name of its own for each writer: several loads of the same picture may convert it at once.
     partial = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.partial")
@@ -140,6 +144,9 @@ def _check_all(top: Path, files: list[Parts], kept: "ImageChecks", progress: Pro
     known = kept.load()
     stamps = [kept.stamp(top, parts) for parts in files]
     missing = [i for i, stamp in enumerate(stamps) if stamp is None or stamp not in known]
+    unknown = set(missing)
+    known_pixels = sum(known[stamps[i]].width * known[stamps[i]].height for i in range(len(files)) if i not in unknown)
+    _check_pixel_budget(known_pixels + sum(map_in_threads(lambda i: _header_pixels(top.joinpath(*files[i])), missing)))
     hits = len(files) - len(missing)
     report = (lambda done, total: progress("checking", hits + done, len(files))) if progress else None
     found = map_in_threads(lambda i: images.check_image(top.joinpath(*files[i])), missing, report)
@@ -150,6 +157,30 @@ def _check_all(top: Path, files: list[Parts], kept: "ImageChecks", progress: Pro
     if missing and len(files) >= ImageChecks.MIN_IMAGES:
         kept.save({stamp: check for stamp, check in zip(stamps, results) if stamp is not None})
     return results
+
+
+def _header_pixels(path: Path) -> int:
+    """An image's pixel count from its header alone (0 for what is no image), without decoding it."""
+    from PIL import Image
+
+    try:
+        with Image.open(path, formats=images.FORMATS) as image:
+            return image.width * image.height
+    except Exception:  # noqa: BLE001  (a file that is no image costs nothing; the check names it)
+        return 0
+
+
+def _check_pixel_budget(pixels: int) -> None:
+    from tlcore.errors import DatasetError
+    from tlcore.limits import current
+
+    budget = current().max_dataset_pixels
+    if pixels > budget:
+        raise DatasetError(
+            f"The dataset holds {pixels / 1e6:,.0f} million pixels in all, more than the {budget / 1e6:,.0f} million "
+            "this server accepts. Use fewer or smaller pictures: the network sees them at a few hundred pixels "
+            "a side anyway."
+        )
 
 
 class ImageChecks:

@@ -185,10 +185,20 @@ class _Progress:
 
 def _cmd_train(args) -> dict:
     from tlcore.config import TrainConfig
+    from tlcore.dataset import load_dataset
     from tlcore.training import TrainingJob, result_dict
 
+    model_config, train_config = _model_config(args).resolved(), _config(TrainConfig, args).resolved()
+    from tlcore.dataset import default_work_dir
+    from tlcore.storage import remove_leftovers
+
+    remove_leftovers(default_work_dir())
+    # Read before any run folder exists: a dataset that cannot be used leaves nothing behind.
+    print("loading data...", file=sys.stderr)
+    dataset = load_dataset(args.data, val_split=train_config.val_split, seed=train_config.seed)
     progress = _Progress()
-    job = TrainingJob(args.data, _model_config(args), _config(TrainConfig, args), runs_dir=args.runs_dir, on_event=progress)
+    job = TrainingJob(dataset, model_config, train_config, runs_dir=args.runs_dir, on_event=progress)
+    job.run_folder.update_data(source=str(Path(args.data).resolve()))
     job.start()
     try:
         job.wait()

@@ -10,7 +10,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import NamedTuple
 
-from tlcore.archive import ZipLimits, extract_zip, open_zip
+from tlcore.archive import ZipLimits, extract_zip, open_zip, remove_tree
 from tlcore.checking import CheckedFile, Progress, check_files, map_in_threads  # noqa: F401  (re-exported)
 from tlcore.errors import DatasetError
 from tlcore.images import ImageCheck
@@ -243,15 +243,35 @@ def load_dataset(
     source = Path(source)
     work_dir = Path(work_dir) if work_dir is not None else default_work_dir()
     if source.is_dir():
-        top = source
-    elif source.is_file():
-        top = unpack_zip(source, work_dir, limits, progress)
-    else:
+        return _read(source, source.name, work_dir, val_split, seed, progress)
+    if not source.is_file():
         raise DatasetError(f"`{source}` does not exist. Choose a dataset folder or a .zip file.")
-    layout = read_layout(list_files(top), source.name)
+    top = dataset_folder(source, work_dir)
+    with dataset_lock(top):
+        _unpack_locked(source, top, limits, progress)
+        try:
+            dataset = _read(top, source.name, work_dir, val_split, seed, progress)
+        except DatasetError:
+            # A zip refused for what it holds leaves nothing behind.
+            remove_tree(top)
+            raise
+        os.utime(top)  # marks it recently used, for the work folder's budget
+    _keep_within_budget(work_dir, top)
+    return dataset
+
+
+def _keep_within_budget(work_dir: Path, in_use: Path) -> None:
+    from tlcore.runs import default_runs_dir
+    from tlcore.storage import enforce_budget, live_paths
+
+    enforce_budget(work_dir, keep=live_paths(default_runs_dir()) | {in_use})
+
+
+def _read(top: Path, name: str, work_dir: Path, val_split: float, seed: int, progress: Progress | None) -> Dataset:
+    layout = read_layout(list_files(top), name)
     files = layout.files()
     checked = dict(zip((file.parts for file in files), check_files(top, [f.parts for f in files], work_dir, progress)))
-    return _build(top, source.name, layout, checked, val_split, seed)
+    return _build(top, name, layout, checked, val_split, seed)
 
 
 def _build(top: Path, name: str, layout, checked: dict, val_split: float, seed: int) -> Dataset:
@@ -357,10 +377,13 @@ def unpack_zip(
 ) -> Path:
     """Unpacks a zip once into `work_dir/datasets/<content hash>`; the same zip later reuses that folder.
 
+    The folder appears whole (it is unpacked beside it and renamed), under a lock shared by
+    threads and processes, and is never written to again.
+
     Args:
         zip_path: The zip file.
         work_dir: The work folder; default `default_work_dir()`.
-        limits: Safety limits; default `ZipLimits()`.
+        limits: Safety limits; default from `tlcore.limits.current()`.
         progress: Optional callback, see `Progress`.
 
     Returns:
@@ -372,20 +395,46 @@ def unpack_zip(
     """
     zip_path = Path(zip_path)
     work_dir = Path(work_dir) if work_dir is not None else default_work_dir()
+    destination = dataset_folder(zip_path, work_dir)
+    with dataset_lock(destination):
+        return _unpack_locked(zip_path, destination, limits, progress)
+
+
+def dataset_folder(zip_path: Path, work_dir: Path) -> Path:
+    """Where a zip is unpacked: named by its content, so the same zip is stored once.
+
+    Raises:
+        DatasetError: the file is missing or not a zip.
+    """
     with open_zip(zip_path):
         pass
     with open(zip_path, "rb") as handle:
         digest = hashlib.file_digest(handle, "sha256").hexdigest()
-    destination = work_dir / "datasets" / digest[:16]
+    return Path(work_dir) / "datasets" / digest[:16]
+
+
+def dataset_lock(folder: Path):
+    """The lock every loader of one unpacked dataset holds, in any thread or process.
+
+    Lock files stay (removing one another process may hold is unsafe); they are empty and live
+    apart, in `work_dir/locks`.
+    """
+    from filelock import FileLock
+
+    locks = folder.parent.parent / "locks"
+    locks.mkdir(parents=True, exist_ok=True)
+    return FileLock(str(locks / f"{folder.parent.name}-{folder.name}.lock"))
+
+
+def _unpack_locked(zip_path: Path, destination: Path, limits: ZipLimits | None, progress: Progress | None) -> Path:
     if destination.is_dir():
         return destination
+    from tlcore.limits import current
+
     on_entry = (lambda done, total: progress("unpacking", done, total)) if progress else None
-    try:
-        return extract_zip(zip_path, destination, limits or ZipLimits(), on_entry)
-    except OSError:
-        # Another request unpacked the same zip meanwhile; its folder is complete (renamed at the end).
-        if destination.is_dir():
-            return destination
-        raise
-
-
+    extract_zip(zip_path, destination, limits or ZipLimits.from_limits(current()), on_entry)
+    for folder, _, files in os.walk(destination):
+        for name in files:
+            # Read-only from now on: nothing may rewrite what other loaders are reading.
+            os.chmod(os.path.join(folder, name), 0o444)
+    return destination

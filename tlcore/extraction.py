@@ -24,7 +24,7 @@ from tlcore.config import ModelConfig
 from tlcore.errors import Stopped
 from tlcore.features import FEATURE_DTYPE, MAP, POOLED, FeatureCache, check_variant
 from tlcore.images import PIPELINE_VERSION
-from tlcore.inputs import AUGMENTATION_VERSION, augmenter, image_dataset
+from tlcore.inputs import AUGMENTATION_VERSION, augmenter, readable_image_batches
 from tlcore.model import build_body_with_weights, preprocess
 
 # Bump when the way features are computed changes, so stale caches are never reused.
@@ -37,6 +37,25 @@ CACHED_BODIES = 2
 
 Progress = Callable[[int, int, bool], None]
 """Called as `progress(done, total, cached)` while features are read or computed."""
+
+
+@dataclass(frozen=True)
+class Features:
+    """What `features_for` gives: one row per readable item, and the items that could not be read.
+
+    Attributes:
+        rows: A float32 array, or `tlcore.features.Rows` read from disk, one row per item of
+            `items` that is not in `unreadable`, in order.
+        unreadable: Items TensorFlow could not decode, left out.
+    """
+
+    rows: object
+    unreadable: tuple = ()
+
+    def keep(self, items: Sequence) -> list:
+        """The items the rows belong to."""
+        left_out = {id(item) for item in self.unreadable}
+        return [item for item in items if id(item) not in left_out]
 
 
 @dataclass
@@ -188,8 +207,9 @@ def features_for(
         in_use: Names of shards in use, never evicted; the shards read here are added.
 
     Returns:
-        A float32 array with one row per item, or `tlcore.features.Rows` read from disk when
-        that would be too large for memory.
+        `Features`: a float32 array with one row per readable item (or `tlcore.features.Rows`
+        read from disk when that would be too large for memory), and the items TensorFlow
+        could not decode, which are left out rather than failing the training.
     """
     check_variant(variant)
     in_use = set() if in_use is None else in_use
@@ -220,23 +240,32 @@ def features_for(
         shapes = {v: (map_shape if v == MAP else map_shape[-1:]) for v in stored}
         writer = store.writer(missing, shapes)
         augment = augmenter(view_seed) if view_seed is not None else None
-        done = 0
+        done, read = 0, []
         try:
-            for images, _ in image_dataset(todo, kept.config.input_size, EXTRACTION_BATCH, augment=augment):
+            for images, indices in readable_image_batches(todo, kept.config.input_size, EXTRACTION_BATCH, augment=augment):
                 if should_stop is not None and should_stop():
                     raise Stopped()
                 writer.write(extractor(images))
-                done += len(images)
+                read += indices.numpy().tolist()
+                done = read[-1] + 1
                 if progress is not None:
                     progress(total - len(missing) + done, total, False)
         except BaseException:
             writer.abort()
             raise
-        writer.commit(keep=in_use)
+        if read:
+            writer.commit(keep=in_use, ids=[missing[index] for index in read])
+        else:
+            writer.abort()
         located = store.locate(ids, variant)
     located.touch()
     in_use.update(located.shard_names)
-    return located.rows()
+    unreadable_ids = set(located.missing)
+    unreadable = tuple(item for image_id, item in zip(ids, items) if image_id in unreadable_ids)
+    readable = [image_id for image_id in ids if image_id not in unreadable_ids]
+    rows = store.locate(readable, variant).rows() if readable else np.zeros((0, *(
+        map_shape if variant == MAP else map_shape[-1:])), dtype=np.float32)
+    return Features(rows, unreadable)
 
 
 def item_digest(item) -> str:

@@ -69,6 +69,12 @@ class Shard:
     def array(self, variant: str) -> np.memmap:
         return np.load(self.path(variant), mmap_mode="r")
 
+    def delete(self) -> None:
+        """Removes the shard: its rows file first, so it is never seen half there."""
+        self.rows_path.unlink(missing_ok=True)
+        for variant in self.variants:
+            self.path(variant).unlink(missing_ok=True)
+
     def nbytes(self) -> int:
         total = 0
         for path in (self.rows_path, *(self.path(v) for v in self.variants)):
@@ -124,7 +130,7 @@ class FeatureCache:
                 break
             if shard.name in kept:
                 continue
-            _delete_shard(shard)
+            shard.delete()
             total -= sizes[shard.name]
 
     def remove_stale(self, older_than: float = STALE_SECONDS) -> int:
@@ -133,7 +139,7 @@ class FeatureCache:
         if not self.folder.is_dir():
             return 0
         limit = time.time() - older_than
-        for path in self.folder.glob("*/.*.tmp"):
+        for path in self.folder.glob("*/.*tmp"):
             if _mtime(path) < limit:
                 path.unlink(missing_ok=True)
                 removed += 1
@@ -235,7 +241,7 @@ class ShardWriter:
         for variant, shape in self.variants.items():
             dtype = np.dtype(FEATURE_DTYPE if variant == MAP else POOLED_DTYPE)
             tmp = store.folder / f".{self.name}.{variant}.npy.tmp"
-            handle = open(tmp, "wb")
+            handle = open(tmp, "w+b")
             np.lib.format.write_array_header_1_0(
                 handle, {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": shape}
             )
@@ -252,21 +258,28 @@ class ShardWriter:
             handle.write(batch.data)
             self.count[variant] += len(batch)
 
-    def commit(self, keep: Iterable[str] = ()) -> Shard:
+    def commit(self, keep: Iterable[str] = (), ids: Sequence[str] | None = None) -> Shard:
         """Publishes the shard (arrays first, then its rows file) and trims the cache.
 
         Args:
             keep: Names of other shards in use, never evicted to make room for this one.
+            ids: The ids of the rows written, when fewer than promised (images that could not
+                be read were left out); all the promised ids by default.
         """
+        ids = self.ids if ids is None else tuple(ids)
         for variant, (handle, dtype) in self._files.items():
-            if self.count[variant] != self.variants[variant][0]:
+            if self.count[variant] != len(ids):
                 self.abort()
-                raise ValueError(f"The shard got {self.count[variant]} rows of `{variant}`, not {self.variants[variant][0]}.")
+                raise ValueError(f"The shard got {self.count[variant]} rows of `{variant}` for {len(ids)} ids.")
+            shape = (len(ids), *self.variants[variant][1:])
+            if shape != self.variants[variant]:
+                _rewrite_header(handle, dtype, shape)
             handle.close()
             os.replace(self._tmp[variant], self.store.folder / f"{self.name}.{variant}.npy")
         rows = self.store.folder / f"{self.name}{ROWS_SUFFIX}"
         partial = self.store.folder / f".{self.name}.rows.tmp"
-        partial.write_text(json.dumps({"ids": list(self.ids), "variants": {v: list(s) for v, s in self.variants.items()}}))
+        variants = {v: [len(ids), *s[1:]] for v, s in self.variants.items()}
+        partial.write_text(json.dumps({"ids": list(ids), "variants": variants}))
         os.replace(partial, rows)
         shard = _read_shard(rows)
         self.store.cache.evict(keep={self.name, *keep})
@@ -358,6 +371,33 @@ class _OpenArray:
         return out
 
 
+def _rewrite_header(handle, dtype, shape) -> None:
+    """Gives an open `.npy` file a header for fewer rows than it was begun with, and cuts off the rest."""
+    import io
+
+    handle.flush()
+    handle.seek(0)
+    np.lib.format.read_magic(handle)
+    np.lib.format.read_array_header_1_0(handle)
+    data_start = handle.tell()
+    data_bytes = math.prod(shape) * np.dtype(dtype).itemsize
+    buffer = io.BytesIO()
+    np.lib.format.write_array_header_1_0(
+        buffer, {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)), "fortran_order": False, "shape": tuple(shape)}
+    )
+    header = buffer.getvalue()
+    # A row count with fewer digits may change the header's padded length: then the rows move.
+    rows = None
+    if len(header) != data_start:
+        handle.seek(data_start)
+        rows = handle.read(data_bytes)
+    handle.seek(0)
+    handle.write(header)
+    if rows is not None:
+        handle.write(rows)
+    handle.truncate(len(header) + data_bytes)
+
+
 def pool(features: np.ndarray, variant: str) -> np.ndarray:
     """Pools feature maps `(n, height, width, channels)` over height and width, in float32."""
     values = np.asarray(features, dtype=np.float32)
@@ -375,13 +415,6 @@ def _read_shard(rows_path: Path) -> Shard | None:
     if not all(shard.path(v).is_file() for v in variants):
         return None
     return shard
-
-
-def _delete_shard(shard: Shard) -> None:
-    # The rows file goes first: without it the arrays are invisible, never half there.
-    shard.rows_path.unlink(missing_ok=True)
-    for variant in shard.variants:
-        shard.path(variant).unlink(missing_ok=True)
 
 
 def _mtime(path: Path) -> float:

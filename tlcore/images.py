@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import os
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Union
@@ -25,6 +27,13 @@ _SENTENCES = {
     CORRUPT: "is damaged or incomplete and cannot be read. Re-export or re-download the picture",
     TOO_LARGE: "has far too many pixels to be opened safely. Resize it to a few thousand pixels on a side",
 }
+# The formats an upload may be in: what TensorFlow reads, and what is converted for it. Others
+# (JPEG 2000, PSD, ...) are refused before decoding: some cost minutes for a kilobyte file.
+FORMATS = ("JPEG", "PNG", "BMP", "GIF", "WEBP", "TIFF")  # JPEG covers MPO, the multi-picture JPEG
+# Images above this many pixels are decoded one at a time, so a few of them at once cannot
+# exhaust the memory; JPEGs that large are checked at a reduced scale, which reads every byte.
+BIG_IMAGE_PIXELS = 4_000_000
+_BIG_IMAGES = threading.Lock()
 
 # Bump when decoding or resizing for the network changes: cached features depend on it.
 PIPELINE_VERSION = 1
@@ -70,26 +79,36 @@ def _source_name(source: ImageSource) -> str:
     return "The image"
 
 
+def max_pixels() -> int:
+    """The most pixels an image may have (`tlcore.limits.Limits.max_image_pixels`)."""
+    from tlcore.limits import current
+
+    return current().max_image_pixels
+
+
 def _open(source: ImageSource) -> Image.Image:
     if isinstance(source, Image.Image):
+        if source.width * source.height > max_pixels():
+            raise _Unreadable(TOO_LARGE)
         return source
     if isinstance(source, (bytes, bytearray, memoryview)):
         source = io.BytesIO(bytes(source))
+    if isinstance(source, (str, os.PathLike)) and Path(source).is_dir():
+        raise IsADirectoryError(str(source))
     try:
-        image = Image.open(source)
+        image = Image.open(source, formats=FORMATS)
     except UnidentifiedImageError:
         raise _Unreadable(NOT_AN_IMAGE) from None
     except Image.DecompressionBombError:
         raise _Unreadable(TOO_LARGE) from None
-    except FileNotFoundError:
+    except (FileNotFoundError, IsADirectoryError, PermissionError):
         raise
     except Exception:
         # A malformed header can make a Pillow plugin raise almost any exception type.
         raise _Unreadable(CORRUPT) from None
-    # Pillow only warns between one and two times its pixel limit; an upload that large is refused
-    # all the same, and checking here (not through the warnings filter) stays safe across threads.
-    limit = Image.MAX_IMAGE_PIXELS
-    if limit and image.width * image.height > limit:
+    # Checked here, before decoding, rather than through Pillow's warnings, which are global to
+    # the process and only warn between one and two times its own, far higher, limit.
+    if image.width * image.height > max_pixels():
         image.close()
         raise _Unreadable(TOO_LARGE)
     return image
@@ -99,7 +118,8 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     if image.mode == "RGB":
         return image
     if image.mode.startswith("I;16"):
-        levels = np.rint(np.asarray(image, dtype=np.float64) / 257.0).astype(np.uint8)
+        # Rounds v / 257 to the nearest level in integers: no float copy of a big image.
+        levels = ((np.asarray(image, dtype=np.uint32) + 128) // 257).astype(np.uint8)
         return Image.fromarray(levels).convert("RGB")
     if image.mode in ("I", "F"):
         return Image.fromarray(_scale_to_8bit(np.asarray(image))).convert("RGB")
@@ -113,7 +133,7 @@ def _scale_to_8bit(values: np.ndarray) -> np.ndarray:
     These modes do not say which range they use, so it is read from the values.
     """
     is_float = values.dtype.kind == "f"
-    values = values.astype(np.float64)
+    values = values.astype(np.float32)
     low, high = float(values.min(initial=0.0)), float(values.max(initial=0.0))
     if is_float and low >= 0 and high <= 1:
         scaled = values * 255.0
@@ -160,19 +180,24 @@ def load_rgb(source: ImageSource) -> Image.Image:
         A fully decoded Pillow image in mode "RGB".
 
     Raises:
-        ImageError: the data is not an image, is damaged or truncated, or is too large to open safely.
-        FileNotFoundError: the path does not exist.
+        ImageError: the data is not an image, is damaged or truncated, or is too large to open
+            safely; or the path is missing or a folder.
     """
     try:
         image = _open(source)
         try:
-            return _decode(image)
+            with _BIG_IMAGES if image.width * image.height > BIG_IMAGE_PIXELS else contextlib.nullcontext():
+                return _decode(image)
         finally:
             # `_decode` returns a new image, so a file we opened can be closed (animations keep it open).
             if image is not source:
                 image.close()
     except _Unreadable as problem:
         raise ImageError(f"{_source_name(source)} {_SENTENCES[problem.reason]}.") from None
+    except IsADirectoryError:
+        raise ImageError(f"`{_source_name(source)}` is a folder, not an image file. Give the images inside it.") from None
+    except FileNotFoundError:
+        raise ImageError(f"`{_source_name(source)}` does not exist. Check the file's name and folder.") from None
 
 
 def load_array(source: ImageSource) -> np.ndarray:
@@ -191,7 +216,10 @@ def load_array(source: ImageSource) -> np.ndarray:
 
 
 def check_image(path: str | Path) -> ImageCheck:
-    """Decodes an image file completely and tells whether it can be used, and how.
+    """Decodes an image file completely, with Pillow and with TensorFlow, and tells whether it can be used, and how.
+
+    A file TensorFlow cannot decode although Pillow can (a PNG with a bad checksum, a BMP with
+    an OS/2 header) is marked for conversion, so training never meets it as it is.
 
     Args:
         path: The image file.
@@ -212,17 +240,44 @@ def check_image(path: str | Path) -> ImageCheck:
     except _Unreadable as problem:
         return ImageCheck(problem=problem.reason, digest=digest)
     with image:
+        width, height = image.size
+        big = width * height > BIG_IMAGE_PIXELS
         try:
-            # Before decoding: loading discards the frame layout the GIF check reads.
-            convert = _needs_conversion(image, data[:26])
-            rgb = _decode(image)
-            phash = perceptual_hash(rgb)
-            colour = colour_signature(rgb).hex()
+            with _BIG_IMAGES if big else contextlib.nullcontext():
+                # Before decoding: loading discards the frame layout the GIF check reads.
+                convert = _needs_conversion(image, data[:26])
+                if _is_rotated_sideways(image):
+                    width, height = height, width
+                if big and image.format in ("JPEG", "MPO"):
+                    image.draft("RGB", (image.width // 4, image.height // 4))
+                rgb = _decode(image)
+                phash = perceptual_hash(rgb)
+                colour = colour_signature(rgb).hex()
+                del rgb
+                # JPEGs go through libjpeg-turbo in Pillow and in TensorFlow alike; the other
+                # formats have decoders of their own, which disagree on damaged files.
+                if not convert and image.format != "JPEG" and not tensorflow_decodes(data):
+                    convert = True
         except _Unreadable as problem:
             return ImageCheck(problem=problem.reason, digest=digest)
         except Exception:
             return ImageCheck(problem=CORRUPT, digest=digest)
-    return ImageCheck(None, rgb.width, rgb.height, convert, digest, phash, colour)
+    return ImageCheck(None, width, height, convert, digest, phash, colour)
+
+
+def _is_rotated_sideways(image: Image.Image) -> bool:
+    return image.getexif().get(_ORIENTATION_TAG, 1) in (5, 6, 7, 8)
+
+
+def tensorflow_decodes(data: bytes) -> bool:
+    """Tells whether the training's own decoder (`decode_tensor`) reads these file bytes."""
+    import tensorflow as tf
+
+    try:
+        _decode_contents(tf.constant(data))
+    except (tf.errors.OpError, ValueError):
+        return False
+    return True
 
 
 def verify_image(path: str | Path) -> str | None:
@@ -315,7 +370,12 @@ def decode_tensor(path):
     """
     import tensorflow as tf
 
-    contents = tf.io.read_file(path)
+    return _decode_contents(tf.io.read_file(path))
+
+
+def _decode_contents(contents):
+    import tensorflow as tf
+
     image = tf.cond(
         tf.io.is_jpeg(contents),
         lambda: tf.io.decode_jpeg(contents, channels=3, dct_method="INTEGER_ACCURATE"),

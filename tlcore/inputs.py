@@ -60,6 +60,23 @@ def image_dataset(items: Sequence, input_size: int, batch_size: int, *, shuffle_
     return data.prefetch(tf.data.AUTOTUNE)
 
 
+def readable_image_batches(items: Sequence, input_size: int, batch_size: int, *, augment=None):
+    """`(images, indices)` batches of `items` in order, leaving out files TensorFlow cannot decode.
+
+    The indices say which items each batch holds, so the images that could not be read are
+    known by name, and nothing fails on them.
+    """
+    import tensorflow as tf
+
+    paths, _ = _paths_and_labels(items)
+    data = tf.data.Dataset.from_tensor_slices((paths, np.arange(len(paths), dtype="int64")))
+    data = data.map(lambda path, index: (decode_file(path, input_size), index), num_parallel_calls=tf.data.AUTOTUNE)
+    data = data.ignore_errors().batch(batch_size)
+    if augment is not None:
+        data = data.map(lambda x, i: (augment(x, training=True), i), num_parallel_calls=tf.data.AUTOTUNE)
+    return data.prefetch(tf.data.AUTOTUNE)
+
+
 def feature_batches(features, labels, batch_size: int, seed: int | None):
     """Batches of cached features for `fit`, reshuffled every epoch when `seed` is given.
 

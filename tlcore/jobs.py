@@ -99,5 +99,10 @@ def manager() -> JobManager:
     global _MANAGER
     with _MANAGER_LOCK:
         if _MANAGER is None:
+            from tlcore.dataset import default_work_dir
+            from tlcore.storage import remove_leftovers
+
+            # A server starting after a crash tidies what the crash left half done.
+            remove_leftovers(default_work_dir())
             _MANAGER = JobManager()
         return _MANAGER

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import unicodedata
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -81,6 +82,11 @@ class Layout:
     def files(self) -> list[ClassFile]:
         """Every image file, split by split and class by class."""
         return [file for per_class in self.splits.values() for files in per_class.values() for file in files]
+
+
+def class_name(folder: str) -> str:
+    """A class's name from its folder's: Unicode in its composed form (NFC), so look-alike spellings agree."""
+    return unicodedata.normalize("NFC", folder)
 
 
 def list_files(top: str | Path) -> list[Parts]:
@@ -168,7 +174,20 @@ class _Reader:
             raise DatasetError(f"The dataset `{self.name}` holds no images (JPEG, PNG, ...). {GOOD_LAYOUT}")
         prefix = self._unwrap()
         splits = {split: self._class_files(prefixes) for split, prefixes in self._split_folders(prefix).items()}
+        self._warn_about_look_alike_names({name for per_class in splits.values() for name in per_class})
         return Layout(splits, tuple(sorted(self.skipped, key=lambda item: item.path)), tuple(self.warnings))
+
+    def _warn_about_look_alike_names(self, classes: set[str]) -> None:
+        by_letters: dict[str, list[str]] = defaultdict(list)
+        for name in sorted(classes):
+            by_letters[name.casefold()].append(name)
+        for names in by_letters.values():
+            if len(names) > 1:
+                listed = " and ".join(f"`{name}`" for name in names)
+                self.warnings.append(
+                    f"The class folders {listed} differ only in capital letters, so they are {len(names)} classes. "
+                    "If they hold the same thing, put their images in one folder."
+                )
 
     def _under(self, prefix: Parts) -> list[Parts]:
         return [parts for parts in self.candidates if parts[: len(prefix)] == prefix]
@@ -228,7 +247,8 @@ class _Reader:
                 class_prefix = prefix + (name,)
                 found = self._under(class_prefix)
                 nested_only &= all(len(parts) > len(class_prefix) + 1 for parts in found)
-                files[name] += [ClassFile(parts, "/".join(parts[len(class_prefix):])) for parts in found]
+                # One way of writing each name: `café` typed on a Mac and on Windows is one class.
+                files[class_name(name)] += [ClassFile(parts, "/".join(parts[len(class_prefix):])) for parts in found]
         if not files:
             raise DatasetError(
                 f"The images in `{'/'.join(prefixes[0]) or self.name}` are not inside class folders. {GOOD_LAYOUT}"

@@ -38,6 +38,7 @@ class JobState:
     best_epoch: int | None = None
     phase_seconds: dict = field(default_factory=dict)
     classes: tuple[str, ...] = ()
+    unreadable: tuple[str, ...] = ()
     started: float | None = None
     ended: float | None = None
 
@@ -104,7 +105,6 @@ class TrainingJob:
         self.extra_callbacks = list(callbacks)
         self.history = History()
         self.state = JobState(epochs=self.train_config.epochs)
-        self._events: list[Event] = []
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -121,11 +121,6 @@ class TrainingJob:
 
     # Observing -----------------------------------------------------------------------------
 
-    def events(self, since: int = 0) -> list[Event]:
-        """Events from index `since` on; poll with the length of what you already have."""
-        with self._lock:
-            return list(self._events[since:])
-
     def snapshot(self) -> JobState:
         with self._lock:
             return dataclasses.replace(
@@ -141,8 +136,7 @@ class TrainingJob:
     # What stages and callbacks use -----------------------------------------------------------
 
     def emit(self, event: Event) -> None:
-        with self._lock:
-            self._events.append(event)
+        """Hands an event to `on_event`; the job keeps none (its state says where it is)."""
         if self.on_event is not None:
             self.on_event(event)
 
@@ -178,6 +172,14 @@ class TrainingJob:
                                   "epoch_seconds": list(self.history.epoch_seconds)}
             self.state.epoch = self.history.epochs
         self.run_folder.write_history(self.history)
+
+    def note_unreadable(self, items) -> None:
+        """Records images TensorFlow could not decode, which training leaves out."""
+        names = [item.name or Path(item.path).name for item in items]
+        if not names:
+            return
+        with self._lock:
+            self.state.unreadable = tuple(dict.fromkeys((*self.state.unreadable, *names)))
 
     def record_best_epoch(self, epoch: int) -> None:
         """Notes that the model now holds the weights of `epoch` (from 1), as early stopping restored them."""
@@ -229,14 +231,32 @@ class TrainingJob:
                 message += " The model from the last completed epoch is saved."
             self._finish(Status.FAILED, message)
         finally:
-            # A finished job keeps its state only: the model, body and features are let go.
+            # A finished job keeps its state only: the model, body and features are let go, and
+            # with them the callbacks, which hold the model.
             self._context = None
+            self.extra_callbacks = []
+            self._keep_work_folder_within_budget()
         return self.snapshot()
 
+    def _keep_work_folder_within_budget(self) -> None:
+        from tlcore.storage import enforce_budget, live_paths
+
+        try:
+            enforce_budget(self.work_dir, keep=live_paths(self.run_dir.parent))
+        except OSError:
+            pass  # tidying is worth no failure
+
     def _finish(self, status: Status, message: str) -> None:
+        unreadable = self.state.unreadable
+        if unreadable and status != Status.STOPPED:
+            listed = ", ".join(unreadable[:5]) + (f" and {len(unreadable) - 5} more" if len(unreadable) > 5 else "")
+            note = (f"{len(unreadable)} image(s) could not be read and were left out: {listed}. "
+                    "Open them on your computer; re-save or remove them.")
+            message = f"{message} {note}".strip()
         self.update(status=status, message=message, ended=time.time(), phase="", eta_seconds=None)
         state = self.snapshot()
-        self.run_folder.write_status(status, message, phases=state.phase_seconds, seconds=round(state.seconds, 3))
+        self.run_folder.write_status(status, message, phases=state.phase_seconds, seconds=round(state.seconds, 3),
+                                     unreadable=list(state.unreadable))
         self.run_folder.mark_live(False)
         self.emit(StatusChanged(status=status, message=message))
 

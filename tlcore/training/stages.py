@@ -126,7 +126,7 @@ def head_after_pooling(head):
     return keras.Model(inputs, x, name="head_after_pooling")
 
 
-def _fit(ctx: StageContext, model, train, validation, stage: str, **fit) -> None:
+def _fit(ctx: StageContext, model, train, validation, stage: str, train_items, **fit) -> None:
     # In this order: a NaN epoch is never recorded, and the rescue weights are those recorded.
     callbacks = [NanGuard(), HistoryWriter(ctx.job, stage), ctx.rescue, StopOnRequest(ctx.job),
                  ProgressReporter(ctx.job), *ctx.callbacks]
@@ -135,7 +135,7 @@ def _fit(ctx: StageContext, model, train, validation, stage: str, **fit) -> None
     if settings.early_stopping:
         stopper = keras.callbacks.EarlyStopping(monitor="val_loss", patience=settings.patience, restore_best_weights=True)
         callbacks += [stopper, BestEpochRecorder(ctx.job, stopper)]
-    labels = [item.label for item in ctx.dataset.train]
+    labels = [item.label for item in train_items]
     model.fit(
         train,
         validation_data=validation,
@@ -167,18 +167,25 @@ def train_head_on_features(ctx: StageContext):
             ctx.job.update(step=done, steps=total)
             ctx.job.emit(Progress(phase=Phase.EXTRACTING, done=done, total=total, split=split, cached=cached))
 
-        return features_for(ctx.kept, items, variant, ctx.cache, view_seed=view_seed, progress=progress,
-                            should_stop=lambda: ctx.job.stop_requested, in_use=ctx.in_use)
+        found = features_for(ctx.kept, items, variant, ctx.cache, view_seed=view_seed, progress=progress,
+                             should_stop=lambda: ctx.job.stop_requested, in_use=ctx.in_use)
+        ctx.job.note_unreadable(found.unreadable)
+        return found
 
     with ctx.job.phase(Phase.EXTRACTING):
         if views:
-            train_x = [features(dataset.train, f"train, view {v + 1}", settings.seed + VIEW_SEED_STEP * (v + 1))
-                       for v in range(views)]
+            train_found = [features(dataset.train, f"train, view {v + 1}", settings.seed + VIEW_SEED_STEP * (v + 1))
+                           for v in range(views)]
+            train_items = train_found[0].keep(dataset.train)
+            train_x = [found.rows for found in train_found]
         else:
-            train_x = features(dataset.train, "train")
-        val_x = features(dataset.validation, "validation")
-    train_y = np.asarray([item.label for item in dataset.train], dtype="int32")
-    val_y = np.asarray([item.label for item in dataset.validation], dtype="int32")
+            found = features(dataset.train, "train")
+            train_items, train_x = found.keep(dataset.train), found.rows
+        val_found = features(dataset.validation, "validation")
+        val_items, val_x = val_found.keep(dataset.validation), val_found.rows
+    check_left(train_items, val_items, ctx.num_classes)
+    train_y = np.asarray([item.label for item in train_items], dtype="int32")
+    val_y = np.asarray([item.label for item in val_items], dtype="int32")
     ctx.model = assemble(body, head, config)
     ctx.rescue = RescueWeights(head)
     small = head.count_params() <= SMALL_HEAD_PARAMETERS
@@ -190,7 +197,7 @@ def train_head_on_features(ctx: StageContext):
         else:
             train = feature_batches(train_x, train_y, batch, settings.seed)
         validation = feature_batches(val_x, val_y, max(batch, VALIDATION_BATCH), None)
-        _fit(ctx, trainable, train, validation, HEAD_ON_FEATURES)
+        _fit(ctx, trainable, train, validation, HEAD_ON_FEATURES, train_items)
     return ctx.model
 
 
@@ -203,9 +210,40 @@ def train_end_to_end(ctx: StageContext):
     ctx.model = model
     ctx.rescue = RescueWeights(head)
     compile_for(model, ctx.num_classes, settings)
+    train_items, val_items = readable(ctx, dataset.train), readable(ctx, dataset.validation)
+    check_left(train_items, val_items, ctx.num_classes)
     size, batch = config.input_size, settings.batch_size
-    train = image_dataset(dataset.train, size, batch, shuffle_seed=settings.seed, augment=augmenter(settings.seed))
-    validation = image_dataset(dataset.validation, size, batch)
+    train = image_dataset(train_items, size, batch, shuffle_seed=settings.seed, augment=augmenter(settings.seed))
+    validation = image_dataset(val_items, size, batch)
     with ctx.job.phase(Phase.TRAINING):
-        _fit(ctx, model, train, validation, END_TO_END)
+        _fit(ctx, model, train, validation, END_TO_END, train_items)
     return model
+
+
+def readable(ctx: StageContext, items) -> list:
+    """The items TensorFlow decodes; the others are noted on the job and left out."""
+    from tlcore.checking import map_in_threads
+    from tlcore.images import tensorflow_decodes
+
+    def decodes(item) -> bool:
+        try:
+            with open(item.path, "rb") as handle:
+                return tensorflow_decodes(handle.read())
+        except OSError:
+            return False
+
+    ok = map_in_threads(decodes, list(items))
+    ctx.job.note_unreadable([item for item, good in zip(items, ok) if not good])
+    return [item for item, good in zip(items, ok) if good]
+
+
+def check_left(train_items, val_items, num_classes: int) -> None:
+    """Fails plainly when too few readable images are left to train and measure on."""
+    from tlcore.errors import TransferLabError
+
+    classes = {item.label for item in train_items}
+    if len(classes) < num_classes or not val_items:
+        raise TransferLabError(
+            "Too few of the images could be read to train: every class needs readable training images, and "
+            "some images are needed to measure the model. Replace the files named above and try again."
+        )
