@@ -131,10 +131,14 @@ def frozen_body(config: ModelConfig) -> KeptBody:
 
 
 def body_copy(kept: KeptBody):
-    """A copy of a kept body, with its weights, for a stage that trains it."""
-    copy = keras.models.clone_model(kept.body)
+    """A copy of a kept body, with its weights and its layers' names, for a stage that trains it."""
+    from tlcore.backbones import fresh_layer_names
+    from tlcore.model import freeze
+
+    with fresh_layer_names():
+        copy = keras.Model.from_config(kept.body.get_config())
     copy.set_weights(kept.body.get_weights())
-    copy.trainable = False
+    freeze(copy)
     return copy
 
 
