@@ -480,6 +480,32 @@ def test_train_page_shows_the_result_of_a_real_training(dirs, keras_home, monkey
     assert Path(at.session_state["current_run"]).name == at.session_state["job_id"]
 
 
+def test_train_page_shows_a_training_a_restart_interrupted(dirs, trained_run, tmp_path, monkeypatch):
+    import shutil
+
+    run = tmp_path / "runs" / "20260101-000000-interrupted"
+    shutil.copytree(trained_run, run)
+    (run / "model.keras").unlink()
+    status = json.loads((run / "status.json").read_text())
+    status.update(status="running", pid=2**22 + 7, token="the-server-before", process_start=1)
+    (run / "status.json").write_text(json.dumps(status))
+    monkeypatch.setenv("TLCORE_RUNS", str(run.parent))
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=TIMEOUT)
+    at.query_params["job"] = run.name
+    at.run()
+    at.switch_page("pages/train.py").run()
+    assert not at.exception
+    warning = " ".join(texts(at.warning))
+    assert "interrupted" in warning and "after 2 epoch(s)" in warning and "No model was saved" in warning
+    assert len(at.get("plotly_chart")) == 2, "the curves of the epochs it finished"
+    for hostile in ("../../etc", "x/../../y", "%2e%2e"):
+        at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=TIMEOUT)
+        at.query_params["job"] = hostile
+        at.run()
+        at.switch_page("pages/train.py").run()
+        assert not at.exception and not at.warning, "an address names nothing outside the runs folder"
+
+
 # Evaluate, Predict, Runs --------------------------------------------------------------------
 
 

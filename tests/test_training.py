@@ -151,17 +151,6 @@ def test_nan_loss_fails_with_advice_and_keeps_the_last_good_epoch(small_dataset,
     assert np.isfinite(runs.load_model(job.run_dir).predict(images, verbose=0)).all()
 
 
-def test_an_undecodable_image_that_slipped_through_fails_the_job_readably(small_dataset, real_weights, tmp_path):
-    bad = tmp_path / "broken.png"
-    bad.write_bytes(b"\x89PNG\r\n\x1a\n" + b"garbage" * 20)
-    data = Dataset(root=small_dataset.root, classes=small_dataset.classes,
-                   train=small_dataset.train + ((bad, 0),), validation=small_dataset.validation)
-    state = run_job(tmp_path, data).snapshot()
-    assert state.status == runs.FAILED
-    assert state.message.startswith("Training failed")
-    assert runs.Run(next((tmp_path / "runs").iterdir())).status().status == runs.FAILED
-
-
 def test_a_run_left_running_by_a_dead_process_is_interrupted(tmp_path):
     run = runs.Run.create(tmp_path, ModelConfig().resolved(), TrainConfig(), {})
     runs.write_json(run.path / runs.STATUS_FILE, {"status": "running", "pid": 2**22 + 12345, "token": "another-process"})

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -284,8 +285,16 @@ def main(argv: list[str] | None = None) -> int:
     except TransferLabError as error:
         if args.json:
             print(json.dumps({"error": str(error)}))
-        print(f"Error: {error}", file=sys.stderr)
+        print(f"Error: {plain(error)}", file=sys.stderr)
         return 2
+    except Exception as error:  # noqa: BLE001  (no traceback for users; TLCORE_DEBUG=1 shows it)
+        if os.environ.get("TLCORE_DEBUG"):
+            raise
+        message = f"Something went wrong inside Transfer Lab ({type(error).__name__}: {str(error)[:200]})."
+        if args.json:
+            print(json.dumps({"error": message}))
+        print(f"Error: {plain(message)} Run again with TLCORE_DEBUG=1 to see the details.", file=sys.stderr)
+        return 3
     exit_code = result.pop("exit_code", 0) if isinstance(result, dict) else 0
     if args.json:
         sys.stdout.flush()
