@@ -53,6 +53,8 @@ TRAIN_FLAGS = ["--input-size", "96", "--epochs", "1", "--batch-size", "8", "--js
 SMOKE_CASES = ["normal_dataset", "zip_slip", "stray_image", "png_bad_idat_crc", "gif_huge_header"]
 # A refused upload may leave empty lock files; more than this is reported.
 LEFTOVER_BYTES = 64 * 1024
+# The goal: no single upload costs more than this with the default limits (reported, not an outcome).
+PEAK_GOAL_MB = 1024
 
 
 def parse_args(argv=None):
@@ -181,6 +183,8 @@ class Result:
 
     def note(self) -> str:
         parts = []
+        if self.peak_mb > PEAK_GOAL_MB:
+            parts.append(f"PEAK {self.peak_mb / 1024:.2f} GB")
         if self.traceback:
             parts.append(f"TRACEBACK {self.traceback}")
         parts += self.problems
@@ -443,8 +447,10 @@ def main(argv=None) -> int:
         for case in cases:
             print(f"{case.name:28} {case.kind:5} {case.expected:12} {printable(case.about)}")
         return 0
-    private_keras_home()
+    keras_home = private_keras_home()
     workdir = Path(args.workdir) if args.workdir else scratch_dir("hostile")
+    # Only what this run made is removed afterwards: a folder given with --workdir may hold other things.
+    made_workdir = not args.workdir or not workdir.exists()
     workdir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     source_before = source_digest()
@@ -491,6 +497,12 @@ def main(argv=None) -> int:
                 print(f"    {printable(problem, 600)}")
             if r.message:
                 print(f"    message: {printable(r.message, 600)}")
+    heavy = [r for r in results if r.peak_mb > PEAK_GOAL_MB]
+    if heavy:
+        print(f"\nPeak memory over {PEAK_GOAL_MB / 1024:.0f} GB (resident, per step):")
+        for r in heavy:
+            per_step = ", ".join(f"{name} {step['peak_mb']:.0f} MB" for name, step in r.steps.items())
+            print(f"- {r.case.name}: {r.peak_mb:.0f} MB ({per_step or 'killed'})")
     if source_digest() != source_before:
         print("\nNote: tlcore's source changed while the benchmark ran; results may mix two versions.")
     zips = sum(r.case.kind == "zip" for r in results)
@@ -510,8 +522,14 @@ def main(argv=None) -> int:
                "total_seconds": round(total_seconds, 1), "tlcore_source": source_before, "results": records}
     for target in filter(None, [args.json_out, args.keep and str(workdir / "results.json")]):
         Path(target).write_text(json.dumps(summary, indent=1, default=str))
+    shutil.rmtree(keras_home, ignore_errors=True)
     if not args.keep:
-        shutil.rmtree(workdir, ignore_errors=True)
+        if made_workdir:
+            shutil.rmtree(workdir, ignore_errors=True)
+        else:
+            for part in ("cases", "reference"):
+                shutil.rmtree(workdir / part, ignore_errors=True)
+            Path(normal_image).unlink(missing_ok=True)
     return 0
 
 

@@ -475,14 +475,17 @@ def png_between_pillow_limits() -> bytes:
     return flat_png(12000)
 
 
+AT_LIMIT_SIDE = 4472  # 4,472 x 4,472 = 19,998,784 pixels: just under tlcore's default 20 M
+
+
 def png_at_limit() -> bytes:
-    """5,000 x 5,000 8-bit grey: exactly tlcore's default 25 M pixels, so accepted."""
-    return flat_png(5000)
+    """4,472 x 4,472 8-bit grey: just under tlcore's default 20 M pixels, so accepted."""
+    return flat_png(AT_LIMIT_SIDE)
 
 
 def jpeg_at_limit() -> bytes:
-    """A 5,000 x 5,000 grey JPEG (25 M pixels) with some texture; a 25 MB image is made once to encode it."""
-    image = photo(11).convert("L").resize((5000, 5000), Image.Resampling.NEAREST)
+    """A 4,472 x 4,472 grey JPEG (20 M pixels) with some texture; a 20 MB image is made once to encode it."""
+    image = photo(11).convert("L").resize((AT_LIMIT_SIDE, AT_LIMIT_SIDE), Image.Resampling.NEAREST)
     return encode(image, "JPEG", quality=60)
 
 
@@ -546,8 +549,8 @@ IMAGE_SPECS = [
     ("png_bomb", "bomb.png", SKIPPED, png_bomb, "20,000 x 20,000 PNG, beyond Pillow's limit"),
     ("png_ztxt_bomb", "ztxt.png", SKIPPED, png_ztxt_bomb, "zTXt chunk inflating to 512 MiB"),
     ("png_iccp_bomb", "iccp.png", SKIPPED, png_iccp_bomb, "iCCP profile inflating to 512 MiB"),
-    ("png_at_limit", "limit25m.png", ACCEPTED, png_at_limit, "5,000 x 5,000 PNG, exactly the default pixel limit"),
-    ("jpeg_at_limit", "limit25m.jpg", ACCEPTED, jpeg_at_limit, "5,000 x 5,000 JPEG, exactly the default pixel limit"),
+    ("png_at_limit", "limit20m.png", ACCEPTED, png_at_limit, "4,472 x 4,472 PNG, just under the default pixel limit"),
+    ("jpeg_at_limit", "limit20m.jpg", ACCEPTED, jpeg_at_limit, "4,472 x 4,472 JPEG, just under the default pixel limit"),
     ("jpeg2000_named_png", "j2k.png", SKIPPED, jpeg2000_small, "JPEG 2000 photo named .png"),
     ("jpeg2000_huge_named_jpg", "j2k_huge.jpg", SKIPPED, jpeg2000_huge,
      "1.4 KB JPEG 2000 of 9,400 x 9,400 named .jpg"),

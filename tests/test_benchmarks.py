@@ -38,6 +38,8 @@ FIGURES = {
         r"^Extraction pipeline over real images \(best of 1\)$",
         r"^horse-or-human\s+folded batch norm \(tlcore\)\s+8\s+[\d.]+$",
     ],
+    "hostile": [r"^hostile: \d+ zips, \d+ images: \d+ as expected, 0 tracebacks, peak [\d.]+ GB$"],
+    "hostile_cases": [r"^built \d+ zips, \d+ images into "],
     "retrain": [
         r"^first training: 12 images, [\d.]+s \(loading data",
         r"^Training again from the dataset folder to the saved model",

@@ -95,6 +95,17 @@ def build_parser() -> argparse.ArgumentParser:
                           help="score the run's validation or training images, or DATA's test folder")
     _json_flag(evaluate)
 
+    export = sub.add_parser("export", help="model files that work without Transfer Lab, with a standalone predict.py")
+    export.add_argument("run_dir")
+    export.add_argument("--out", required=True, help="the bundle folder to write")
+    export.add_argument("--format", dest="formats", action="append", default=None, metavar="F",
+                        help="keras, savedmodel, tflite, tflite-int8 or onnx; repeat for several (default: all that "
+                        "can be written here)")
+    _json_flag(export)
+
+    code = sub.add_parser("code", help="a plain Keras script that trains the run's model again")
+    code.add_argument("run_dir")
+
     inspect = sub.add_parser("inspect", help="health report of a dataset")
     inspect.add_argument("data", help="dataset folder or .zip")
     add_config_flags(inspect, TrainConfig, only=("val_split", "seed"))
@@ -187,7 +198,6 @@ class _Progress:
 def _cmd_train(args) -> dict:
     from tlcore.config import TrainConfig
     from tlcore.dataset import load_dataset
-    from tlcore.training import TrainingJob, result_dict
 
     model_config, train_config = _model_config(args).resolved(), _config(TrainConfig, args).resolved()
     from tlcore.dataset import default_work_dir
@@ -197,6 +207,8 @@ def _cmd_train(args) -> dict:
     # Read before any run folder exists: a dataset that cannot be used leaves nothing behind.
     print("loading data...", file=sys.stderr)
     dataset = load_dataset(args.data, val_split=train_config.val_split, seed=train_config.seed)
+    from tlcore.training import TrainingJob, result_dict  # TensorFlow, only once the data is fit to train on
+
     progress = _Progress()
     job = TrainingJob(dataset, model_config, train_config, runs_dir=args.runs_dir, on_event=progress)
     job.run_folder.update_data(source=str(Path(args.data).resolve()))
@@ -258,6 +270,30 @@ def _cmd_evaluate(args) -> dict:
     return result.to_dict()
 
 
+def _cmd_export(args) -> dict:
+    from tlcore.exports import export_run
+
+    def progress(name, done, total):
+        if name and not args.json:
+            print(f"exporting {name} ({done + 1} of {total})...", file=sys.stderr)
+
+    report = export_run(args.run_dir, args.out, args.formats, progress)
+    if not args.json:
+        print(f"Bundle: {plain(report['out'])}")
+        for name, figures in report["formats"].items():
+            agreement = figures.get("top1_agreement")
+            extra = f", top-1 agreement {agreement:.1%}" if agreement is not None else ""
+            print(f"  {name:<12} {figures['file']:<20} {figures['bytes'] / 1e6:8.2f} MB  {figures['seconds']:6.1f} s{extra}")
+    return report
+
+
+def _cmd_code(args) -> dict:
+    from tlcore.exports.script import training_script
+
+    sys.stdout.write(training_script(args.run_dir))
+    return None
+
+
 def _cmd_inspect(args) -> dict:
     from tlcore.dataset import load_dataset
     from tlcore.health import health_report
@@ -275,6 +311,8 @@ COMMANDS = {
     "predict": _cmd_predict,
     "evaluate": _cmd_evaluate,
     "inspect": _cmd_inspect,
+    "export": _cmd_export,
+    "code": _cmd_code,
 }
 
 
@@ -283,7 +321,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         result = COMMANDS[args.command](args)
     except TransferLabError as error:
-        if args.json:
+        if getattr(args, "json", False):
             print(json.dumps({"error": str(error)}))
         print(f"Error: {plain(error)}", file=sys.stderr)
         return 2
@@ -291,12 +329,12 @@ def main(argv: list[str] | None = None) -> int:
         if os.environ.get("TLCORE_DEBUG"):
             raise
         message = f"Something went wrong inside Transfer Lab ({type(error).__name__}: {str(error)[:200]})."
-        if args.json:
+        if getattr(args, "json", False):
             print(json.dumps({"error": message}))
         print(f"Error: {plain(message)} Run again with TLCORE_DEBUG=1 to see the details.", file=sys.stderr)
         return 3
     exit_code = result.pop("exit_code", 0) if isinstance(result, dict) else 0
-    if args.json:
+    if getattr(args, "json", False) and result is not None:
         sys.stdout.flush()
         print(json.dumps(result, default=_json_default))
     return exit_code
@@ -315,3 +353,11 @@ def _json_default(value):
     if hasattr(value, "tolist"):
         return value.tolist()
     return str(value)
+
+
+def run() -> None:
+    """The `tlcore` command installed by the package: `python -m tlcore`."""
+    import os
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    sys.exit(main())

@@ -81,6 +81,8 @@ class Dataset:
         skipped: Files left out, with the reason; paths are relative to `root`.
         warnings: Problems that do not stop training, in plain sentences.
         details: What checking found about each image, by its name.
+        folders: For each split (`"all"` when not split), the folder holding its class folders,
+            relative to `root`.
 
     `(path, label)` pairs are accepted for the splits and made into `Item`s.
     """
@@ -94,6 +96,7 @@ class Dataset:
     skipped: tuple[Skipped, ...] = field(default_factory=tuple)
     warnings: tuple[str, ...] = field(default_factory=tuple)
     details: dict[str, ImageCheck] = field(default_factory=dict, compare=False, repr=False)
+    folders: dict[str, str] = field(default_factory=dict, compare=False)
 
     def __post_init__(self):
         for split in ("train", "validation", "test"):
@@ -323,6 +326,7 @@ def _build(top: Path, name: str, layout, checked: dict, val_split: float, seed: 
         skipped=tuple(sorted(skipped, key=lambda item: item.path)),
         warnings=tuple(warnings),
         details=details,
+        folders=dict(layout.folders),
     )
 
 

@@ -395,5 +395,6 @@ def decode_file(path, input_size: tuple[int, int] | int):
 
     if isinstance(input_size, int):
         input_size = (input_size, input_size)
-    image = tf.cast(decode_tensor(path), tf.float32)
-    return tf.image.resize(image, input_size, method="bilinear", antialias=False)
+    # Resized as uint8 (the result is float32 all the same, to the bit): a float copy of a
+    # 25-megapixel picture alone would take 300 MB.
+    return tf.image.resize(decode_tensor(path), input_size, method="bilinear", antialias=False)

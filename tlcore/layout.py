@@ -69,11 +69,14 @@ class Layout:
             `"test"`, or `ALL` for a dataset with no split folders.
         skipped: Junk and stray files, with the reason.
         warnings: Layout problems that do not stop training.
+        folders: For each split, the folder holding its class folders, relative to the dataset
+            folder (`""` for the dataset folder itself).
     """
 
     splits: dict[str, dict[str, list[ClassFile]]]
     skipped: tuple[Skipped, ...] = ()
     warnings: tuple[str, ...] = field(default_factory=tuple)
+    folders: dict[str, str] = field(default_factory=dict)
 
     @property
     def presplit(self) -> bool:
@@ -173,9 +176,11 @@ class _Reader:
         if not self.candidates:
             raise DatasetError(f"The dataset `{self.name}` holds no images (JPEG, PNG, ...). {GOOD_LAYOUT}")
         prefix = self._unwrap()
-        splits = {split: self._class_files(prefixes) for split, prefixes in self._split_folders(prefix).items()}
+        split_folders = self._split_folders(prefix)
+        splits = {split: self._class_files(prefixes) for split, prefixes in split_folders.items()}
         self._warn_about_look_alike_names({name for per_class in splits.values() for name in per_class})
-        return Layout(splits, tuple(sorted(self.skipped, key=lambda item: item.path)), tuple(self.warnings))
+        folders = {split: "/".join(prefixes[0]) for split, prefixes in split_folders.items()}
+        return Layout(splits, tuple(sorted(self.skipped, key=lambda item: item.path)), tuple(self.warnings), folders)
 
     def _warn_about_look_alike_names(self, classes: set[str]) -> None:
         by_letters: dict[str, list[str]] = defaultdict(list)

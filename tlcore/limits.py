@@ -30,7 +30,7 @@ class Limits:
             features) may take; the least recently used parts no training needs go first.
     """
 
-    max_image_pixels: int = 25_000_000
+    max_image_pixels: int = 20_000_000
     max_dataset_pixels: int = 5_000_000_000
     max_members: int = 20_000
     max_total_bytes: int = 2 * 1024 * _MiB

@@ -142,7 +142,8 @@ class Predictor:
         """Resizes one `HxWx3` image to the input size exactly as the model's layer would."""
         import tensorflow as tf
 
-        return tf.image.resize(tf.cast(image, tf.float32), self.input_size, method="bilinear", antialias=False)
+        # Resized before any float copy: the same values, without 300 MB for a 25-megapixel picture.
+        return tf.image.resize(image, self.input_size, method="bilinear", antialias=False)
 
     def class_probabilities(self, images) -> np.ndarray:
         """Runs the model on a batch already at the input size.

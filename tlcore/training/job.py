@@ -272,7 +272,7 @@ class TrainingJob:
             check_num_classes(len(dataset.classes))
             self.update(classes=tuple(dataset.classes))
             self.run_folder.update_data(root=str(dataset.root), classes=list(dataset.classes), counts=dataset.counts(),
-                                        presplit=dataset.presplit)
+                                        presplit=dataset.presplit, folders=dict(dataset.folders))
             self.run_folder.write_labels(dataset.classes)
             self.run_folder.write_split(RunSplit.from_dataset(dataset))
             if not dataset.train or not dataset.validation:
