@@ -27,11 +27,14 @@ from dashboard.lookups import (  # noqa: F401
     class_count,
     dataset,
     evaluation,
+    export_bundle,
+    exportable_formats,
     health,
     load_upload,
     runs_dir,
     save_upload,
     thumbnail,
+    training_code,
     work_dir,
 )
 from dashboard.navigation import app_navigation, run_inside_app  # noqa: F401

@@ -122,3 +122,38 @@ def _evaluation(run_dir: str, model_stamp: int, subset: str):
 def evaluation(info, subset: str):
     """The run's scores on its own `subset` images ("validation" or "test"), once per saved model."""
     return _evaluation(str(info.path), info.run.model_stamp() or 0, subset)
+
+
+@st.cache_data(max_entries=4, show_spinner=False)
+def _export(run_dir: str, model_stamp: int, formats: tuple[str, ...]):
+    import tempfile
+
+    from tlcore.exports import bundle_zip, export_run
+
+    with tempfile.TemporaryDirectory() as folder:
+        out = Path(folder) / Path(run_dir).name
+        report = export_run(run_dir, out, formats)
+        return bundle_zip(out), report
+
+
+def export_bundle(info, formats: tuple[str, ...]):
+    """The run's export bundle as zip bytes, with its report; made once per saved model and formats."""
+    return _export(str(info.path), info.run.model_stamp() or 0, tuple(formats))
+
+
+def exportable_formats() -> list[str]:
+    from tlcore.exports import default_formats
+
+    return default_formats()
+
+
+@st.cache_data(max_entries=16, show_spinner=False)
+def _code(run_dir: str, stamp: str) -> str:
+    from tlcore.exports.script import training_script
+
+    return training_script(run_dir)
+
+
+def training_code(info) -> str:
+    """The plain Keras script that trains the run again."""
+    return _code(str(info.path), info.created)

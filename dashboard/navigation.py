@@ -10,7 +10,7 @@ from pathlib import Path
 
 import streamlit as st
 
-APP = Path(__file__).resolve().parents[1] / "app.py"
+APP = Path(__file__).resolve().parents[1] / "app.py"  # in the repository; installed, Streamlit says where
 _this_run = threading.local()  # Streamlit runs each script run of a session in one thread
 
 
@@ -38,5 +38,14 @@ def run_inside_app() -> None:
     """
     if getattr(_this_run, "in_app", False):
         return
-    runpy.run_path(str(APP), run_name="__main__")
+    runpy.run_path(str(_main_script()), run_name="__main__")
     st.stop()
+
+
+def _main_script() -> Path:
+    """The `app.py` this server runs (the repository's, or the installed package's)."""
+    from streamlit.runtime.scriptrunner import get_script_run_ctx
+
+    context = get_script_run_ctx()
+    path = getattr(context, "main_script_path", None)
+    return Path(path) if path else APP

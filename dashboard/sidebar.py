@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import streamlit as st
@@ -53,6 +54,10 @@ def sidebar() -> None:
     except TransferLabError as error:
         st.caption(plain(error))
     st.markdown("#### Training")
+    if "tensorflow" in sys.modules:  # known once TensorFlow is loaded; never loaded just for this line
+        from tlcore.device import training_device
+
+        st.caption(f"Runs on: {plain(training_device())}")
     job = current_job()
     if job is None or job.snapshot().done:
         _sidebar_job()

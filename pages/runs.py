@@ -5,11 +5,13 @@ import streamlit as st
 import dashboard as ui
 from tlcore.charts import compare_runs_figure
 from tlcore.config import ModelConfig, TrainConfig
+from tlcore.exports.formats import FORMATS as EXPORT_FORMATS
 from tlcore.errors import TransferLabError
 from tlcore.predict import forget_predictors
 from tlcore.runs import list_runs
 
 METRICS = {"accuracy": "Accuracy", "loss": "Loss"}
+EXPORT_TITLES = {name: fmt.title for name, fmt in EXPORT_FORMATS.items()}
 
 
 def row(info) -> dict:
@@ -114,6 +116,42 @@ with actions[2].popover(f"Delete {len(selected)} run(s)", icon=":material/delete
         forget_predictors()
         st.session_state.pop("runs_table", None)
         st.rerun()
+
+if len(selected) == 1 and selected[0].has_model:
+    st.subheader("Take it elsewhere")
+    info = selected[0]
+    left, right = st.columns([3, 2], gap="large")
+    with left:
+        chosen = st.multiselect(
+            "Export formats", list(EXPORT_FORMATS), default=ui.exportable_formats(), format_func=EXPORT_TITLES.get,
+            help="Every format comes with labels.txt, metadata.json, a README and predict.py, a script that "
+            "classifies pictures with numpy, Pillow and one runtime: no Transfer Lab needed.",
+        )
+        if st.button("Prepare the export", icon=":material/package_2:", disabled=not chosen):
+            try:
+                with st.spinner("Writing the model files and checking the small one…"):
+                    st.session_state["export"] = (info.name, ui.export_bundle(info, tuple(chosen)))
+            except TransferLabError as error:
+                ui.show_error(error)
+        prepared = st.session_state.get("export")
+        if prepared and prepared[0] == info.name:
+            name, (data, report) = prepared
+            st.download_button("Download the export (.zip)", data=data, file_name=f"{name}-export.zip",
+                               mime="application/zip", icon=":material/download:")
+            st.dataframe(
+                [{"format": EXPORT_TITLES[f], "file": r["file"], "MB": round(r["bytes"] / 1e6, 2),
+                  "top-1 agreement": r.get("top1_agreement")} for f, r in report["formats"].items()],
+                hide_index=True,
+                column_config={"top-1 agreement": st.column_config.NumberColumn(format="percent")},
+            )
+    with right:
+        st.download_button(
+            "Download the code (train_again.py)", data=ui.training_code(info), file_name="train_again.py",
+            mime="text/x-python", icon=":material/code:",
+            help="A plain Keras script that trains this model again without Transfer Lab: the same backbone, "
+            "cut, head and settings. Run it with `python train_again.py [DATA_FOLDER]`.",
+        )
+        st.caption("The bridge from no code to code: read it, change it, run it anywhere TensorFlow runs.")
 
 st.subheader("Compare")
 metric = st.segmented_control("Curve", list(METRICS), format_func=METRICS.get, default="accuracy", required=True)

@@ -615,3 +615,20 @@ def test_runs_page_lists_compares_and_deletes(dirs, trained_run, tmp_path, monke
     assert not (folder / "20000101-000000-copy").exists()
     assert "current_run" not in at.session_state
     assert len(at.dataframe[0].value) == 1
+
+
+def test_runs_page_exports_a_run_and_offers_its_code(dirs, trained_run, monkeypatch):
+    monkeypatch.setenv("TLCORE_RUNS", str(trained_run.parent))
+    at = app("runs")
+    at.session_state["runs_table"] = {"selection": {"rows": [0], "columns": [], "cells": []}}
+    at.run()
+    assert not at.exception
+    formats = at.multiselect[0]
+    assert {"keras", "tflite"} <= set(formats.value)
+    formats.set_value(["keras", "tflite"]).run()
+    next(b for b in at.button if b.label == "Prepare the export").click().run()
+    assert not at.exception and not at.error, texts(at.error)
+    labels = {button.label for button in at.get("download_button")}
+    assert {"Download the export (.zip)", "Download the code (train_again.py)"} <= labels
+    table = at.dataframe[-1].value
+    assert set(table["file"]) == {"model.keras", "model.tflite"}

@@ -38,6 +38,12 @@ FIGURES = {
         r"^Extraction pipeline over real images \(best of 1\)$",
         r"^horse-or-human\s+folded batch norm \(tlcore\)\s+8\s+[\d.]+$",
     ],
+    "exports": [
+        r"^exported 5 formats in [\d.]+s",
+        r"^keras\s+model\.keras\s+[\d.]+",
+        r"^tflite-int8\s+model_int8\.tflite\s+[\d.]+",
+        r"^onnx\s+model\.onnx\s+[\d.]+",
+    ],
     "hostile": [r"^hostile: \d+ zips, \d+ images: \d+ as expected, 0 tracebacks, peak [\d.]+ GB$"],
     "hostile_cases": [r"^built \d+ zips, \d+ images into "],
     "retrain": [
