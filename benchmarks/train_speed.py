@@ -66,6 +66,11 @@ def parse_args():
     parser.add_argument("--augment-repeats", type=int, default=1,
                         help="times the augmented runs are measured, interleaved; the best is kept")
     parser.add_argument("--skip-classic", action="store_true", help="leave out the classic runs (quick checks)")
+    parser.add_argument("--fine-tune-layers", type=int, default=0,
+                        help="also compare a fine-tuning stage of the top N layers: tlcore's cached way against the "
+                        "tutorial's (the whole backbone every epoch)")
+    parser.add_argument("--fine-tune-epochs", type=int, default=5, help="epochs of that fine-tuning stage")
+    parser.add_argument("--fine-tune-repeats", type=int, default=1, help="times the fine-tuning runs are measured")
     parser.add_argument("--raw-images", type=int, default=800, help="images per timing of the raw forward throughput")
     parser.add_argument("--repeats", type=int, default=3,
                         help="times the floor, the raw forward and tlcore's cold training are measured, interleaved; the best is kept")
@@ -78,7 +83,7 @@ def smoke_defaults() -> dict:
     Add `--augment --views 1` to run the augmented paths too (about 20 s more).
     """
     return {"data": str(small_copy(DATASETS / "horse-or-human", 5)), "epochs": 1, "input_size": 96, "repeats": 1,
-            "raw_images": 16}
+            "raw_images": 16, "fine_tune_layers": 10, "fine_tune_epochs": 1}
 
 
 def main():
@@ -93,7 +98,7 @@ def main():
     from tlcore.dataset import load_dataset
     from tlcore.extraction import EXTRACTION_BATCH, FeatureExtractor, forget_bodies
     from tlcore.inputs import augmenter, image_dataset
-    from tlcore.model import assemble, build_body, build_head, preprocess, random_backbone
+    from tlcore.model import assemble, build_body, build_head, fine_tune_boundary, preprocess, random_backbone, unfreeze_top
     from tlcore.training import TrainingJob, class_weights, compile_for
     from tlcore.training.events import PhaseStarted, Progress
 
@@ -211,6 +216,30 @@ def main():
         best_of(name, run)
         record(name, fitted["history"].history["val_accuracy"])
 
+    def tutorial_fine_tune(settings):
+        """The TensorFlow tutorial's two steps: the head on images, then the top blocks unfrozen, every epoch on images."""
+        name = f"tutorial fine-tune ({settings.fine_tune_layers}+ layers)"
+        fitted = {}
+
+        def run():
+            body = build_body(model_config)
+            keras.utils.set_random_seed(settings.seed)
+            head = build_head(body.output.shape[1:], len(dataset.classes), model_config)
+            model = assemble(body, head, model_config)
+            compile_for(model, len(dataset.classes), settings)
+            train = image_dataset(dataset.train, size, settings.batch_size, shuffle_seed=settings.seed)
+            validation = image_dataset(dataset.validation, size, settings.batch_size)
+            first = model.fit(train, validation_data=validation, epochs=settings.epochs, verbose=0)
+            boundary, _ = fine_tune_boundary(body, model_config.backbone, settings.fine_tune_layers)
+            unfreeze_top(body, boundary)
+            compile_for(model, len(dataset.classes), dataclasses.replace(settings, learning_rate=settings.fine_tune_learning_rate))
+            second = model.fit(train, validation_data=validation, epochs=settings.epochs + settings.fine_tune_epochs,
+                               initial_epoch=settings.epochs, verbose=0)
+            fitted["history"] = first.history["val_accuracy"] + second.history["val_accuracy"]
+
+        best_of(name, run)
+        record(name, fitted["history"])
+
     # tlcore: a training job from the loaded dataset to the saved model -------------------------
     warm: dict[str, object] = {}
 
@@ -271,6 +300,14 @@ def main():
                        dataclasses.replace(augmented, augment_views=args.views), fresh=False, folder=views)
                 shutil.rmtree(views)
 
+    if args.fine_tune_layers:
+        tuned = dataclasses.replace(train_config, fine_tune_layers=args.fine_tune_layers,
+                                    fine_tune_epochs=args.fine_tune_epochs, fine_tune_learning_rate=None).resolved()
+        for _ in range(args.fine_tune_repeats):
+            if not args.skip_classic:
+                tutorial_fine_tune(tuned)
+            tlcore("tlcore + fine-tune (cold)", model_config, tuned, fresh=True)
+
     for seed in range(args.seed + 1, args.seed + args.seeds):
         settings = dataclasses.replace(train_config, seed=seed)
         if not args.skip_classic:
@@ -294,7 +331,8 @@ def main():
     rows = []
     floor_cpu = cpu[floor_name]
     for name, value in seconds.items():
-        base = "classic + augmentation" if "augment" in name else "classic"
+        base = ("classic + augmentation" if "augment" in name else
+                next((n for n in seconds if n.startswith("tutorial fine-tune")), "classic") if "fine-tune" in name else "classic")
         is_floor = name.startswith("floor")
         rows.append([
             name, value, cpu[name], accuracy.get(name),

@@ -78,9 +78,10 @@ def job_line(job, state) -> str:
         ahead = f"{place - 1} training(s) ahead of it" if place else "starting"
         return f"Waiting in line: {ahead}. Only one training runs at a time on this server."
     if state.status == Status.RUNNING:
-        if state.phase != "training":
+        if state.phase not in ("training", "fine-tuning"):
             return f"Preparing to train: {state.phase or 'starting'}."
-        return f"Training: epoch {min(state.epoch + 1, state.epochs)} of {state.epochs}."
+        tuning = ", fine-tuning the top of the backbone" if state.phase == "fine-tuning" else ""
+        return f"Training: epoch {min(state.epoch + 1, state.epochs)} of {state.epochs}{tuning}."
     return {
         Status.FINISHED: "Training finished.",
         Status.STOPPED: "Training stopped.",

@@ -157,3 +157,29 @@ def _code(run_dir: str, stamp: str) -> str:
 def training_code(info) -> str:
     """The plain Keras script that trains the run again."""
     return _code(str(info.path), info.created)
+
+
+def predict_zip(info, uploaded, progress=None):
+    """Every picture of an uploaded zip classified: the rows, and the same as CSV. The upload is not kept."""
+    from tlcore.predict import batch_csv, get_predictor, predict_batch
+
+    path = save_upload(uploaded, "datasets")
+    try:
+        rows = predict_batch(info.path, path, progress=progress, work_dir=work_dir() / "uploads")
+    finally:
+        path.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            path.parent.rmdir()
+    return rows, batch_csv(rows, get_predictor(info.path).labels)
+
+
+@st.cache_data(max_entries=64, show_spinner=False)
+def _explanation(run_dir: str, model_stamp: int, data: bytes):
+    from tlcore.explain import explain
+
+    return explain(run_dir, data).overlay
+
+
+def explanation(info, data: bytes):
+    """The Grad-CAM overlay of a picture (its bytes) for the predicted class, made once per model and picture."""
+    return _explanation(str(info.path), info.run.model_stamp() or 0, bytes(data))

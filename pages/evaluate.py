@@ -68,10 +68,18 @@ else:
     shown = result.misclassified[:GALLERY_SIZE]
     st.caption(f"The {len(shown)} most confident mistakes of {len(result.misclassified)}. "
                "Look for wrong labels, odd pictures, or a class that needs more examples.")
+    why = st.toggle("Why? Show where the model looked", key="keep.why_mistakes",
+                    help="Colours the parts of each picture that counted most for the wrong answer (Grad-CAM).")
     columns = st.columns(GALLERY_COLUMNS)
     for index, mistake in enumerate(shown):
         with columns[index % GALLERY_COLUMNS]:
             image = ui.thumbnail(mistake.path)
+            if why:
+                try:
+                    with open(mistake.path, "rb") as handle:
+                        image = ui.explanation(info, handle.read())
+                except (OSError, TransferLabError):
+                    pass
             if image is not None:
                 st.image(image, width="stretch")
             st.text(f"{mistake.name}\nTrue: {mistake.true_class}\nPredicted: {mistake.predicted_class} "

@@ -32,6 +32,7 @@ def row(info) -> dict:
         "learning_rate": train.get("learning_rate"),
         "augment": train.get("augment"),
         "class_weights": train.get("class_weights", "none"),
+        "fine_tuned": f"after {info.fine_tuned['after']} ({info.fine_tuned['layers']} layers)" if info.fine_tuned else "",
         "created": info.created,
     }
 
@@ -77,6 +78,7 @@ event = st.dataframe(
         "learning_rate": st.column_config.NumberColumn("Learning rate", format="%g"),
         "augment": st.column_config.CheckboxColumn("Augment"),
         "class_weights": "Class weights",
+        "fine_tuned": st.column_config.TextColumn("Fine-tuned", help="The top of the backbone trained too, in a second stage."),
         "created": "Started",
     },
 )

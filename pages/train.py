@@ -4,15 +4,17 @@ import streamlit as st
 
 import dashboard as ui
 from tlcore.advice import next_steps
-from tlcore.charts import history_figure
+from tlcore.charts import history_figure, stage_starts
 from tlcore.config import CLASS_WEIGHT_LABELS, OPTIMIZER_LABELS, Status, TrainConfig
 from tlcore.errors import TransferLabError
 from tlcore.jobs import manager
+from tlcore.model import fine_tune_options
 
 DEFAULTS = TrainConfig()
 BATCH_SIZES = [8, 16, 32, 64, 128]
 LEARNING_RATES = [0.00001, 0.00003, 0.0001, 0.0003, 0.001, 0.003, 0.01, 0.03, 0.1]
 AUGMENT_VIEWS = {0: "New every epoch", 3: "3 kept (fast)", 5: "5 kept", 10: "10 kept"}
+FINE_TUNE_RATES = [None, 0.000001, 0.000003, 0.00001, 0.00003, 0.0001, 0.0003, 0.001]
 
 
 def duration(seconds) -> str:
@@ -24,9 +26,11 @@ def curves(history, best_epoch=None) -> None:
     if not history.get("loss"):
         st.caption(":material/show_chart: The accuracy and loss curves appear here after the first epoch.")
         return
+    starts = {"fine-tuning": epoch for stage, epoch in stage_starts(history.get("stages") or []).items()
+              if stage == "fine-tune"}
     left, right = st.columns(2)
-    left.plotly_chart(history_figure(history, "accuracy", best_epoch=best_epoch), key="accuracy_chart")
-    right.plotly_chart(history_figure(history, "loss", best_epoch=best_epoch), key="loss_chart")
+    left.plotly_chart(history_figure(history, "accuracy", best_epoch=best_epoch, stage_starts=starts), key="accuracy_chart")
+    right.plotly_chart(history_figure(history, "loss", best_epoch=best_epoch, stage_starts=starts), key="loss_chart")
 
 
 def live() -> None:
@@ -135,6 +139,10 @@ busy = running and ui.owns_job()  # someone else's training does not stop this u
 
 for name in ui.TRAIN_SETTINGS:
     st.session_state.setdefault(ui.KEEP + name, getattr(DEFAULTS, name))
+# A past run's settings may hold a rate none of the sliders offers.
+for key, offered in (("learning_rate", LEARNING_RATES), ("fine_tune_learning_rate", FINE_TUNE_RATES)):
+    if st.session_state[ui.KEEP + key] not in offered:
+        st.session_state[ui.KEEP + key] = getattr(DEFAULTS, key) if key == "learning_rate" else None
 
 with st.container(border=True):
     row = st.columns(4)
@@ -206,6 +214,34 @@ with st.container(border=True):
         )
 
 config = ui.model_config()
+with st.expander("Then fine-tune the top of the backbone (a second stage)", icon=":material/tune:"):
+    st.caption("Once the head has trained, the last blocks of the backbone can learn too, at a lower learning "
+               "rate: the TensorFlow tutorial's second step, often a few points more accuracy. The blocks below "
+               "stay frozen and their output is computed once per image, so this stays fast.")
+    try:
+        blocks = dict(fine_tune_options(config))
+    except TransferLabError:
+        blocks = {}
+    remembered = st.session_state.get(ui.KEEP + "fine_tune_from") or ""
+    options = ["", *blocks, *([remembered] if remembered and remembered not in blocks else [])]
+    row = st.columns(4)
+    fine_tune_from = row[0].selectbox(
+        "Fine-tune", options, key="keep.fine_tune_from", disabled=busy,
+        format_func=lambda name: "No fine-tuning" if not name else f"Everything after {name} ({blocks.get(name, '?')} layers)",
+        help="Which blocks of the backbone learn in the second stage: the later, the fewer layers and the safer.",
+    )
+    fine_tune_layers = row[1].number_input(
+        "…or the top N layers", min_value=0, max_value=1000, key="keep.fine_tune_layers", disabled=busy or bool(fine_tune_from),
+        help="Unfreeze at least this many of the last layers (whole blocks, so maybe a few more). 0: use the choice on the left.",
+    )
+    fine_tune_epochs = row[2].number_input(
+        "Fine-tuning epochs", min_value=0, max_value=200, key="keep.fine_tune_epochs", disabled=busy,
+    )
+    fine_tune_learning_rate = row[3].select_slider(
+        "Fine-tuning learning rate", FINE_TUNE_RATES, key="keep.fine_tune_learning_rate", disabled=busy,
+        format_func=lambda v: "first stage's / 10" if v is None else f"{v:g}",
+        help="Small, so the pretrained layers change gently. The tutorial uses the first stage's divided by 10.",
+    )
 st.caption(f"Model: {ui.describe_model(config, inline=True)} · change it on the Model page.")
 
 if not source:
@@ -225,6 +261,10 @@ if st.button("Start training", type="primary", icon=":material/play_arrow:", dis
             val_split=float(val_split),
             seed=int(seed),
             class_weights=class_weights,
+            fine_tune_from=fine_tune_from or "",
+            fine_tune_layers=0 if fine_tune_from else int(fine_tune_layers),
+            fine_tune_epochs=int(fine_tune_epochs),
+            fine_tune_learning_rate=fine_tune_learning_rate,
         )
         job = manager().submit(source, config, train_config, runs_dir=ui.runs_dir(), work_dir=ui.work_dir())
     except TransferLabError as error:

@@ -632,3 +632,35 @@ def test_runs_page_exports_a_run_and_offers_its_code(dirs, trained_run, monkeypa
     assert {"Download the export (.zip)", "Download the code (train_again.py)"} <= labels
     table = at.dataframe[-1].value
     assert set(table["file"]) == {"model.keras", "model.tflite"}
+
+
+def jpeg_of(path: Path) -> bytes:
+    buffer = io.BytesIO()
+    Image.open(path).convert("RGB").save(buffer, "JPEG", quality=90)
+    return buffer.getvalue()
+
+
+def test_predict_page_takes_a_camera_picture_and_shows_why(dirs, trained_run, monkeypatch, horses_or_humans):
+    monkeypatch.setenv("TLCORE_RUNS", str(trained_run.parent))
+    at = app("predict")
+    at.camera_input[0].set_value(("shot.jpg", jpeg_of(sorted((horses_or_humans / "horses").iterdir())[-1]),
+                                  "image/jpeg")).run()
+    assert not at.exception and not at.error, texts(at.error)
+    headings = [text for text in texts(at.markdown) if "% sure)" in text]
+    assert len(headings) == 1 and ("horses" in headings[0] or "humans" in headings[0])
+    pictures = len(at.get("imgs"))
+    at.toggle(key="keep.why").set_value(True).run()
+    assert not at.exception
+    assert len(at.get("imgs")) == pictures + 1, "the Grad-CAM overlay beside the picture"
+
+
+def test_predict_page_answers_a_whole_zip_as_csv(dirs, trained_run, monkeypatch, horses_or_humans):
+    monkeypatch.setenv("TLCORE_RUNS", str(trained_run.parent))
+    at = app("predict")
+    zipped = small_zip(horses_or_humans, 3)
+    at.file_uploader(key="batch_zip").set_value(("pictures.zip", zipped, "application/zip")).run()
+    assert not at.exception and not at.error, texts(at.error)
+    assert "Download the answers (.csv)" in {button.label for button in at.get("download_button")}
+    table = at.dataframe[0].value
+    assert len(table) == 6 and set(table["class"]) <= {"horses", "humans"}
+    assert not [p for p in (dirs.home / "uploads").rglob("*") if p.is_file()], "the zip is not kept"

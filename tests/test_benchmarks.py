@@ -72,6 +72,8 @@ FIGURES = {
         r"^tlcore\s+[\d.]+\s+[\d.]+\s+[\d.]+",
         r"^classic\s+[\d.]+\s+[\d.]+\s+[\d.]+",
         r"^tlcore, head settings changed\s+[\d.]+",
+        r"^tlcore \+ fine-tune \(cold\)\s+[\d.]+",
+        r"^tutorial fine-tune \(10\+ layers\)\s+[\d.]+",
         r"^tlcore / classic = [\d.]+ wall",
         r"^extraction [\d.]+ images/s \(decode \+ forward\) vs raw forward of the tlcore \(folded\)",
     ],

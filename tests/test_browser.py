@@ -117,7 +117,7 @@ def test_from_zip_to_prediction(page, server, dataset_zip, horses_or_humans):
 
     open_page(page, "Predict")
     unseen = sorted((horses_or_humans / "horses").iterdir())[-1]
-    page.get_by_test_id("stFileUploaderDropzoneInput").set_input_files(str(unseen))
+    page.get_by_test_id("stFileUploaderDropzoneInput").first.set_input_files(str(unseen))
     page.get_by_text(re.compile(r"\d+% sure")).first.wait_for(timeout=SLOW)
     page.wait_for_function("() => document.querySelectorAll('.js-plotly-plot').length >= 1")
     bars = page.evaluate("() => document.querySelector('.js-plotly-plot').data[0]")

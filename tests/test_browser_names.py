@@ -78,7 +78,7 @@ def test_hostile_class_names_are_plain_text_everywhere(browser, server, hostile_
         assert_nothing_reached(page, requests)
 
         open_page(page, "Predict")
-        page.get_by_test_id("stFileUploaderDropzoneInput").set_input_files(str(sorted((horses_or_humans / "humans").iterdir())[-1]))
+        page.get_by_test_id("stFileUploaderDropzoneInput").first.set_input_files(str(sorted((horses_or_humans / "humans").iterdir())[-1]))
         page.get_by_text(re.compile(r"\d+% sure")).first.wait_for(timeout=SLOW)
         heading = page.get_by_text(re.compile(r"\d+% sure")).first.inner_text()
         assert any(name in heading for name in NAMES), heading

@@ -313,8 +313,13 @@ def test_predict_names_a_missing_file_or_a_folder_plainly(tiny_run, tmp_path):
     missing = cli("predict", tiny_run, tmp_path / "missing.png")
     assert missing.returncode == 2 and "Traceback" not in missing.stderr
     assert "`missing.png` does not exist" in missing.stderr
-    folder = cli("predict", tiny_run, tmp_path)
-    assert folder.returncode == 2 and "is a folder, not an image" in folder.stderr and "damaged" not in folder.stderr
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    alone = cli("predict", tiny_run, empty)  # one folder: every picture in it, and there are none
+    assert alone.returncode == 2 and "holds no pictures" in alone.stderr and "Traceback" not in alone.stderr
+    picture = next((tiny_run.parent.parent / "pets" / "horses").iterdir())
+    mixed = cli("predict", tiny_run, picture, empty)
+    assert mixed.returncode == 2 and "is a folder, not an image" in mixed.stderr and "damaged" not in mixed.stderr
 
 
 def test_train_on_a_refused_or_missing_dataset_makes_no_run(tmp_path, photos):

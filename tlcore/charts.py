@@ -56,7 +56,8 @@ def _metric_axes(figure: go.Figure, metric: str) -> None:
 
 
 def history_figure(
-    history: Mapping[str, Sequence], metric: str = "accuracy", title: str | None = None, best_epoch: int | None = None
+    history: Mapping[str, Sequence], metric: str = "accuracy", title: str | None = None, best_epoch: int | None = None,
+    stage_starts: Mapping[str, int] | None = None,
 ) -> go.Figure:
     """Training and validation curves of one run, one point per epoch.
 
@@ -66,6 +67,8 @@ def history_figure(
         metric: `"accuracy"` or `"loss"`.
         title: Figure title; defaults to the metric's name.
         best_epoch: The epoch (from 1) early stopping restored, marked with a line; None for none.
+        stage_starts: A later stage's name and its first epoch, each marked with a line
+            (for example `{"fine-tuning": 11}`).
 
     Returns:
         A figure with one trace per curve present in `history`.
@@ -92,6 +95,13 @@ def history_figure(
         )
     _style(figure, label(title) if title else METRICS[metric], "Epoch", METRICS[metric])
     _metric_axes(figure, metric)
+    for name, epoch in (stage_starts or {}).items():
+        # Between the stage's first epoch and the one before: the boundary of the two stages.
+        figure.add_vline(
+            x=epoch - 0.5, line={"color": "#9333ea", "dash": "dot", "width": 1.5},
+            annotation={"text": label(name), "font": {"size": 12, "color": "#6b21a8"}},
+            annotation_position="bottom right",
+        )
     if best_epoch:
         figure.add_vline(
             x=best_epoch, line={"color": "#6b7280", "dash": "dash", "width": 1.5},
@@ -99,6 +109,15 @@ def history_figure(
             annotation_position="top left",
         )
     return figure
+
+
+def stage_starts(stages: Sequence[str]) -> dict[str, int]:
+    """The first epoch (from 1) of each stage after the first, from a history's per-epoch stage names."""
+    starts: dict[str, int] = {}
+    for epoch, stage in enumerate(stages, start=1):
+        if epoch > 1 and stage != stages[epoch - 2] and stage not in starts:
+            starts[stage] = epoch
+    return starts
 
 
 def compare_runs_figure(runs: Mapping[str, Mapping[str, Sequence]], metric: str = "accuracy", title: str | None = None) -> go.Figure:

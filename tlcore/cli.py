@@ -76,10 +76,19 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--runs-dir", default=None, help="where run folders go (default: $TLCORE_RUNS or runs/)")
     _json_flag(train)
 
-    predict = sub.add_parser("predict", help="class probabilities of images")
+    predict = sub.add_parser("predict", help="class probabilities of images, or of every picture of a folder or zip")
     predict.add_argument("run_dir")
-    predict.add_argument("images", nargs="+")
+    predict.add_argument("images", nargs="+", help="image files, or one folder or .zip of pictures")
+    predict.add_argument("--csv", default=None, help="write one row per picture to this CSV file")
     _json_flag(predict)
+
+    explain = sub.add_parser("explain", help="Grad-CAM: where in each image the evidence for a class lies")
+    explain.add_argument("run_dir")
+    explain.add_argument("images", nargs="+")
+    explain.add_argument("--class", dest="class_name", default=None, help="the class to explain (default: the predicted one)")
+    explain.add_argument("--layer", default=None, help="a convolutional layer of the backbone (default: the cut layer)")
+    explain.add_argument("--out", default=None, help="folder for the overlay PNGs (default: beside each image's name, here)")
+    _json_flag(explain)
 
     evaluate = sub.add_parser(
         "evaluate",
@@ -234,17 +243,57 @@ def _cmd_train(args) -> dict:
 
 
 def _cmd_predict(args) -> dict:
-    from tlcore.predict import get_predictor
+    from tlcore.predict import batch_csv, get_predictor, predict_batch
 
     predictor = get_predictor(args.run_dir)
+    batch = len(args.images) == 1 and (Path(args.images[0]).is_dir() or Path(args.images[0]).suffix.lower() == ".zip")
+    results = []
+    if batch:
+        rows = predict_batch(args.run_dir, args.images[0],
+                             progress=None if args.json else lambda done, total: print(
+                                 f"\r{done} of {total} pictures", end="", file=sys.stderr))
+        if not args.json:
+            print(file=sys.stderr)
+        for row in rows:
+            entry = {"image": row.image, **(row.prediction.to_dict() if row.prediction else {"problem": row.problem})}
+            results.append(entry)
+            if not args.json:
+                shown = f"{row.prediction.top_class} ({row.prediction.confidence:.1%})" if row.prediction else row.problem
+                print(plain(f"{row.image}: {shown}"))
+        if args.csv:
+            Path(args.csv).write_text(batch_csv(rows, predictor.labels))
+    else:
+        from tlcore.predict import BatchRow
+
+        rows = []
+        for image in args.images:
+            prediction = predictor.predict([image])[0]
+            rows.append(BatchRow(image, prediction))
+            results.append({"image": image, **prediction.to_dict()})
+            if not args.json:
+                shares = "  ".join(f"{name} {p:.1%}" for name, p in prediction.probabilities.items())
+                print(plain(f"{image}: {prediction.top_class} ({prediction.confidence:.1%})  [{shares}]"))
+        if args.csv:
+            Path(args.csv).write_text(batch_csv(rows, predictor.labels))
+    return {"run_dir": args.run_dir, "predictions": results, **({"csv": args.csv} if args.csv else {})}
+
+
+def _cmd_explain(args) -> dict:
+    from tlcore.explain import explainer
+
+    out = Path(args.out) if args.out else Path.cwd()
+    out.mkdir(parents=True, exist_ok=True)
+    model = explainer(args.run_dir, args.layer)
     results = []
     for image in args.images:
-        prediction = predictor.predict([image])[0]
-        results.append({"image": image, **prediction.to_dict()})
+        explanation = model.explain(image, args.class_name)
+        target = out / f"{Path(image).stem}-gradcam.png"
+        explanation.overlay.save(target)
+        results.append({"image": image, **explanation.to_dict(str(target))})
         if not args.json:
-            shares = "  ".join(f"{name} {p:.1%}" for name, p in prediction.probabilities.items())
-            print(plain(f"{image}: {prediction.top_class} ({prediction.confidence:.1%})  [{shares}]"))
-    return {"run_dir": args.run_dir, "predictions": results}
+            print(plain(f"{image}: {explanation.prediction.top_class}; evidence for {explanation.class_name} "
+                        f"at {explanation.layer}: {target}"))
+    return {"run_dir": args.run_dir, "explanations": results}
 
 
 def _cmd_evaluate(args) -> dict:
@@ -312,6 +361,7 @@ COMMANDS = {
     "evaluate": _cmd_evaluate,
     "inspect": _cmd_inspect,
     "export": _cmd_export,
+    "explain": _cmd_explain,
     "code": _cmd_code,
 }
 

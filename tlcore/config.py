@@ -53,6 +53,7 @@ class Phase(str, enum.Enum):
     LOADING = "loading data"
     EXTRACTING = "extracting features"
     TRAINING = "training"
+    FINE_TUNING = "fine-tuning"
     SAVING = "saving"
 
     def __str__(self) -> str:
@@ -212,6 +213,17 @@ class TrainConfig(_Config):
     class_weights: str = setting(
         "none", "balanced makes each class count the same however many images it has", choices=CLASS_WEIGHTS
     )
+    fine_tune_layers: int = setting(
+        0, "then fine-tune: unfreeze the top N layers of the cut backbone (whole blocks, so maybe a few more)"
+    )
+    fine_tune_from: str = setting(
+        "", "then fine-tune every layer after this one, a block's end such as block_15_add or mixed8 (instead of N)",
+        kind="str",
+    )
+    fine_tune_epochs: int = setting(5, "epochs of the fine-tuning stage")
+    fine_tune_learning_rate: float | None = setting(
+        None, "learning rate of the fine-tuning stage (default: the first stage's divided by 10)", kind="optional float"
+    )
 
     def resolved(self) -> "TrainConfig":
         """Returns a checked copy.
@@ -250,6 +262,13 @@ class TrainConfig(_Config):
             raise ModelConfigError(
                 f"The validation share must be between 0 and 1 (for example 0.2), got {self.val_split}."
             )
+        layers = _whole(self.fine_tune_layers, "number of layers to fine-tune")
+        fine_epochs = _whole(self.fine_tune_epochs, "number of fine-tuning epochs")
+        if layers < 0 or not 0 <= fine_epochs <= MAX_EPOCHS:
+            raise ModelConfigError(f"Fine-tune between 0 and {MAX_EPOCHS} epochs, and a positive number of layers.")
+        fine_rate = rate / 10 if self.fine_tune_learning_rate in (None, "", 0) else float(self.fine_tune_learning_rate)
+        if math.isnan(fine_rate) or not 0 < fine_rate < 10:
+            raise ModelConfigError(f"The fine-tuning learning rate must be a small positive number, got {fine_rate}.")
         return TrainConfig(
             epochs=epochs,
             batch_size=batch_size,
@@ -262,7 +281,16 @@ class TrainConfig(_Config):
             val_split=val_split,
             seed=_whole(self.seed, "seed"),
             class_weights=class_weights,
+            fine_tune_layers=layers,
+            fine_tune_from=str(self.fine_tune_from or "").strip(),
+            fine_tune_epochs=fine_epochs,
+            fine_tune_learning_rate=fine_rate,
         )
+
+    @property
+    def fine_tunes(self) -> bool:
+        """True when a fine-tuning stage follows the head's."""
+        return bool(self.fine_tune_layers or self.fine_tune_from) and self.fine_tune_epochs > 0
 
     @property
     def kept_views(self) -> int:

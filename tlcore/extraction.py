@@ -22,7 +22,7 @@ import numpy as np
 from tlcore.backbones import WeightsInfo, resolve_weights
 from tlcore.config import ModelConfig
 from tlcore.errors import Stopped
-from tlcore.features import FEATURE_DTYPE, MAP, POOLED, FeatureCache, check_variant
+from tlcore.features import FEATURE_DTYPE, MAP, MAP32, POOLED, FeatureCache, check_variant
 from tlcore.images import PIPELINE_VERSION
 from tlcore.inputs import AUGMENTATION_VERSION, augmenter, readable_image_batches
 from tlcore.model import build_body_with_weights, preprocess
@@ -148,7 +148,8 @@ def forget_bodies() -> None:
         _BODIES.clear()
 
 
-def extraction_key(kept: KeptBody, extractor: "FeatureExtractor", augmentation: dict | None = None) -> str:
+def extraction_key(kept: KeptBody, extractor: "FeatureExtractor", augmentation: dict | None = None,
+                   layer: str | None = None) -> str:
     """Names the features a kept body and extractor make: everything that decides their values."""
     import tensorflow as tf
 
@@ -167,18 +168,25 @@ def extraction_key(kept: KeptBody, extractor: "FeatureExtractor", augmentation: 
         "keras": keras.__version__,
         "tensorflow": tf.__version__,
         "augmentation": augmentation,
+        "layer": layer,
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:32]
 
 
-def cached_extractor(kept: KeptBody, variants: tuple[str, ...]) -> "FeatureExtractor":
-    """The `FeatureExtractor` of a kept body, traced once and kept with it."""
+def cached_extractor(kept: KeptBody, variants: tuple[str, ...], layer: str | None = None) -> "FeatureExtractor":
+    """The `FeatureExtractor` of a kept body (or of its part up to `layer`), traced once and kept with it."""
     variants = tuple(sorted(variants))
     with kept.lock:
-        found = kept.extractors.get(variants)
+        found = kept.extractors.get((variants, layer))
         if found is None:
-            found = kept.extractors[variants] = FeatureExtractor(kept.body, kept.config, variants)
+            body = kept.body if layer is None else lower_body(kept.body, layer)
+            found = kept.extractors[(variants, layer)] = FeatureExtractor(body, kept.config, variants)
     return found
+
+
+def lower_body(body, layer: str):
+    """The part of a body up to `layer`'s output, sharing its layers."""
+    return keras.Model(body.inputs, body.get_layer(layer).output, name=f"backbone_to_{layer}")
 
 
 def features_for(
@@ -191,6 +199,7 @@ def features_for(
     progress: Progress | None = None,
     should_stop: Callable[[], bool] | None = None,
     in_use: set[str] | None = None,
+    layer: str | None = None,
 ):
     """The features of `items` in one variant, read from the cache or computed now.
 
@@ -209,6 +218,8 @@ def features_for(
         progress: See `Progress`.
         should_stop: Polled between batches; True raises `tlcore.errors.Stopped`.
         in_use: Names of shards in use, never evicted; the shards read here are added.
+        layer: Features of this earlier layer of the body instead of its output, as float32
+            maps (`"map32"`): the input of a fine-tuning stage.
 
     Returns:
         `Features`: a float32 array with one row per readable item (or `tlcore.features.Rows`
@@ -224,13 +235,17 @@ def features_for(
         order = hashlib.sha256("\n".join(digests).encode()).hexdigest()
         augmentation = {"version": AUGMENTATION_VERSION, "seed": int(view_seed), "images": order}
         ids = [f"{index}:{digest}" for index, digest in enumerate(digests)]
-    map_shape = kept.feature_shape
-    map_bytes = len(items) * math.prod(map_shape) * np.dtype(FEATURE_DTYPE).itemsize
-    stored = {variant, *POOLED}
-    if map_bytes <= cache.max_bytes // 4 and view_seed is None:
-        stored.add(MAP)
-    extractor = cached_extractor(kept, tuple(stored))
-    store = cache.store(extraction_key(kept, extractor, augmentation))
+    if layer is not None:
+        map_shape = tuple(int(v) for v in kept.body.get_layer(layer).output.shape[1:])
+        stored = {MAP32}
+    else:
+        map_shape = kept.feature_shape
+        map_bytes = len(items) * math.prod(map_shape) * np.dtype(FEATURE_DTYPE).itemsize
+        stored = {variant, *POOLED}
+        if map_bytes <= cache.max_bytes // 4 and view_seed is None:
+            stored.add(MAP)
+    extractor = cached_extractor(kept, tuple(stored), layer)
+    store = cache.store(extraction_key(kept, extractor, augmentation, layer))
     located = store.locate(ids, variant)
     missing = located.missing
     total = len(ids)
@@ -241,7 +256,7 @@ def features_for(
         for image_id, item in zip(ids, items):
             first.setdefault(image_id, item)
         todo = [first[image_id] for image_id in missing]
-        shapes = {v: (map_shape if v == MAP else map_shape[-1:]) for v in stored}
+        shapes = {v: (map_shape if v in (MAP, MAP32) else map_shape[-1:]) for v in stored}
         writer = store.writer(missing, shapes)
         augment = augmenter(view_seed) if view_seed is not None else None
         done, read = 0, []
@@ -268,7 +283,7 @@ def features_for(
     unreadable = tuple(item for image_id, item in zip(ids, items) if image_id in unreadable_ids)
     readable = [image_id for image_id in ids if image_id not in unreadable_ids]
     rows = store.locate(readable, variant).rows() if readable else np.zeros((0, *(
-        map_shape if variant == MAP else map_shape[-1:])), dtype=np.float32)
+        map_shape if variant in (MAP, MAP32) else map_shape[-1:])), dtype=np.float32)
     return Features(rows, unreadable)
 
 
@@ -316,6 +331,8 @@ class FeatureExtractor:
             outputs = {}
             if MAP in variants:
                 outputs[MAP] = tf.cast(maps, map_dtype)
+            if MAP32 in variants:
+                outputs[MAP32] = tf.cast(maps, tf.float32)
             if "avg" in variants:
                 outputs["avg"] = tf.reduce_mean(maps, axis=[1, 2])
             if "max" in variants:

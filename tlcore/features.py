@@ -34,7 +34,10 @@ MAP = "map"
 """The cut layer's whole feature map, `(height, width, channels)` per image."""
 POOLED = ("avg", "max")
 """The map averaged or maximised over height and width, `(channels,)` per image."""
-VARIANTS = (MAP, *POOLED)
+MAP32 = "map32"
+"""A whole feature map in float32: the input of layers that train (fine-tuning), where float16's
+rounding would change what they learn."""
+VARIANTS = (MAP, MAP32, *POOLED)
 
 # Features at most this large (as float32) are read into memory for training; larger ones are
 # streamed from disk batch by batch, so a Flatten head on a big cut never holds them all.

@@ -16,7 +16,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from tlcore.errors import ImageError
 
-ImageSource = Union[str, os.PathLike, bytes, BinaryIO, Image.Image]
+ImageSource = Union[str, os.PathLike, bytes, BinaryIO, Image.Image, np.ndarray]
 
 NOT_AN_IMAGE = "not an image"
 CORRUPT = "corrupt or truncated"
@@ -87,6 +87,10 @@ def max_pixels() -> int:
 
 
 def _open(source: ImageSource) -> Image.Image:
+    if isinstance(source, np.ndarray):
+        if source.ndim != 3 or source.shape[-1] != 3:
+            raise _Unreadable(NOT_AN_IMAGE)
+        source = Image.fromarray(np.clip(source, 0, 255).astype(np.uint8), "RGB")
     if isinstance(source, Image.Image):
         if source.width * source.height > max_pixels():
             raise _Unreadable(TOO_LARGE)

@@ -304,3 +304,85 @@ def summarize(config: ModelConfig, num_classes: int) -> ModelSummary:
         non_trainable_params=body_params,
         warnings=tuple(warnings),
     )
+
+
+def _top_part(body, boundary: str):
+    """The part of `body` after `boundary`'s output, sharing its layers; None when other tensors cross the cut."""
+    try:
+        return keras.Model(body.get_layer(boundary).output, body.output, name="backbone_top")
+    except (ValueError, KeyError):
+        return None
+
+
+def fine_tune_boundaries(body, backbone: str) -> list[tuple[str, int]]:
+    """Where a fine-tuning stage can start: block ends of `body` whose output alone feeds everything after.
+
+    Returns:
+        `(layer name, layers after it that would train)`, deepest first: the first entry
+        unfreezes the fewest layers.
+    """
+    names = [layer.name for layer in body.layers]
+    spec = get_backbone(backbone)
+    found = []
+    for name in reversed(suggested_cuts(spec, names[:-1])):
+        top = _top_part(body, name)
+        if top is not None:
+            found.append((name, len(names) - 1 - names.index(name)))
+    return found
+
+
+def fine_tune_boundary(body, backbone: str, layers: int = 0, after: str = "") -> tuple[str, int]:
+    """The block end a fine-tuning stage starts after: `after` itself, or the deepest one leaving at least `layers` to train.
+
+    Raises:
+        ModelConfigError: `after` is no block end of this body, or the body has none.
+    """
+    boundaries = fine_tune_boundaries(body, backbone)
+    if after:
+        for name, count in boundaries:
+            if name == after:
+                return name, count
+        offered = ", ".join(name for name, _ in boundaries[:12]) or "none"
+        raise ModelConfigError(
+            f"Fine-tuning cannot start after `{after}`: choose the end of a block before the cut layer, one of: {offered}."
+        )
+    if not boundaries:
+        raise ModelConfigError("This cut leaves no whole block to fine-tune; cut the backbone later, or do not fine-tune.")
+    for name, count in boundaries:
+        if count >= layers:
+            return name, count
+    return boundaries[-1]
+
+
+def unfreeze_top(body, boundary: str):
+    """Makes the layers after `boundary` trainable, BatchNormalization excepted, and returns that part as a model.
+
+    As the Keras guide has it: the unfrozen BatchNormalization layers would otherwise learn
+    batch statistics from a small dataset and wreck what the backbone knows, so they stay
+    frozen, in inference mode, keeping their moving statistics. Recompile after calling this.
+    """
+    top = _top_part(body, boundary)
+    if top is None:
+        raise ModelConfigError(f"Fine-tuning cannot start after `{boundary}`: it is not the end of a block.")
+    body.trainable = True
+    top_names = {layer.name for layer in top.layers}
+    for layer in body.layers:
+        layer.trainable = layer.name in top_names and not isinstance(layer, keras.layers.BatchNormalization)
+    return top
+
+
+@lru_cache(maxsize=16)
+def _fine_tune_options(backbone: str, alpha, size: int, cut: str) -> tuple[tuple[str, int], ...]:
+    base = random_backbone(backbone, alpha, size)
+    body = keras.Model(base.inputs, base.get_layer(cut).output)
+    return tuple(fine_tune_boundaries(body, backbone))
+
+
+def fine_tune_options(config: ModelConfig) -> list[tuple[str, int]]:
+    """Where a fine-tuning stage can start for these settings: `(block end, layers after it)`, fewest layers first.
+
+    Read from the architecture alone, without loading weights.
+    """
+    config = config.resolved()
+    check_cut(config, random_backbone(config.backbone, config.alpha, config.input_size))
+    return list(_fine_tune_options(config.backbone, config.alpha, config.input_size, config.cut_layer))

@@ -238,3 +238,98 @@ def forget_predictors() -> None:
     """Drops every cached predictor, for example after runs were deleted."""
     with _CACHE_LOCK:
         _CACHE.clear()
+
+
+@dataclass(frozen=True)
+class BatchRow:
+    """One picture of a batch: its name, and the model's answer or why it could not be read."""
+
+    image: str
+    prediction: Prediction | None
+    problem: str = ""
+
+
+def batch_images(source: str | Path, work_dir: str | Path | None = None) -> tuple[list[tuple[str, Path]], Path | None]:
+    """The pictures of a folder or a zip, as `(name shown, file)`, sorted; and a temporary folder to remove, if any.
+
+    A zip is unpacked with the same safety checks as a dataset.
+
+    Raises:
+        DatasetError: the source is missing, not a zip, or holds no pictures.
+        UnsafeArchiveError: the zip was refused for safety.
+    """
+    import tempfile
+
+    from tlcore.archive import ZipLimits, extract_zip
+    from tlcore.errors import DatasetError
+    from tlcore.layout import is_image_name
+    from tlcore.limits import current
+
+    source = Path(source)
+    scratch = None
+    if source.is_file():
+        base = Path(work_dir) if work_dir is not None else Path(tempfile.gettempdir())
+        base.mkdir(parents=True, exist_ok=True)
+        scratch = Path(tempfile.mkdtemp(prefix=".batch-", dir=base))
+        top = extract_zip(source, scratch / "pictures", ZipLimits.from_limits(current()))
+    elif source.is_dir():
+        top = source
+    else:
+        raise DatasetError(f"`{source.name}` does not exist. Give a folder or a .zip of pictures.")
+    found = sorted((path.relative_to(top).as_posix(), path) for path in top.rglob("*")
+                   if path.is_file() and is_image_name(path.name) and not any(p.startswith(".") or p == "__MACOSX"
+                                                                                for p in path.relative_to(top).parts))
+    if not found:
+        if scratch is not None:
+            from tlcore.archive import remove_tree
+
+            remove_tree(scratch)
+        raise DatasetError(f"`{source.name}` holds no pictures (JPEG, PNG, ...).")
+    return found, scratch
+
+
+def predict_batch(run_dir: str | Path, source: str | Path, progress=None, work_dir: str | Path | None = None) -> list[BatchRow]:
+    """Classifies every picture of a folder or zip; pictures that cannot be read are listed with the reason.
+
+    Args:
+        run_dir: The run folder.
+        source: A folder or a zip of pictures, in any sub-folders.
+        progress: Called as `progress(done, total)` after each picture.
+        work_dir: Where a zip is unpacked for the time it takes (a temporary folder by default).
+    """
+    from tlcore.archive import remove_tree
+    from tlcore.errors import ImageError
+
+    predictor = get_predictor(run_dir)
+    pictures, scratch = batch_images(source, work_dir)
+    rows = []
+    try:
+        for done, (name, path) in enumerate(pictures, start=1):
+            try:
+                rows.append(BatchRow(name, predictor.predict_one(path)))
+            except ImageError as error:
+                rows.append(BatchRow(name, None, str(error)))
+            if progress is not None:
+                progress(done, len(pictures))
+    finally:
+        if scratch is not None:
+            remove_tree(scratch)
+    return rows
+
+
+def batch_csv(rows: Sequence[BatchRow], labels: Sequence[str]) -> str:
+    """The rows as CSV: image, top class, its probability, every class's probability, and any problem."""
+    import csv
+    import io
+
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["image", "top_class", "confidence", *[f"p_{name}" for name in labels], "problem"])
+    for row in rows:
+        if row.prediction is None:
+            writer.writerow([row.image, "", "", *[""] * len(labels), row.problem])
+        else:
+            p = row.prediction
+            writer.writerow([row.image, p.top_class, f"{p.confidence:.6f}",
+                             *[f"{p.probabilities[name]:.6f}" for name in labels], ""])
+    return buffer.getvalue()

@@ -298,6 +298,17 @@ class Run:
     def created(self) -> str:
         return self.config.get("created", "")
 
+    def write_fine_tuning(self, after: str, layers: int) -> None:
+        """Records that the top of the backbone was fine-tuned: the layers after `after`, `layers` of them."""
+        config = self.config
+        config["fine_tuned"] = {"after": after, "layers": int(layers)}
+        write_json(self.path / CONFIG_FILE, config)
+
+    @property
+    def fine_tuned(self) -> dict | None:
+        """`{"after": layer, "layers": count}` when the run fine-tuned the backbone's top, else None."""
+        return self.config.get("fine_tuned")
+
     def update_data(self, **info) -> None:
         config = self.config
         config.setdefault("data", {}).update(info)
@@ -465,8 +476,8 @@ class RunInfo:
 
     @property
     def history(self) -> dict:
-        """Per-epoch metric lists, as the charts take them."""
-        return {k: list(v) for k, v in self.history_record.metrics.items()}
+        """Per-epoch metric lists (and each epoch's stage), as the charts take them."""
+        return {**{k: list(v) for k, v in self.history_record.metrics.items()}, "stages": list(self.history_record.stages)}
 
     @property
     def val_accuracy(self) -> float | None:
@@ -481,6 +492,11 @@ class RunInfo:
     @property
     def epochs_done(self) -> int:
         return self.history_record.epochs
+
+    @property
+    def fine_tuned(self) -> dict | None:
+        """Where fine-tuning started (`after`, `layers`), or None for a run that did not fine-tune."""
+        return self.config.get("fine_tuned")
 
 
 def read_run(run_dir: str | Path) -> RunInfo:

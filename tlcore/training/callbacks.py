@@ -133,3 +133,24 @@ class BestEpochRecorder(keras.callbacks.Callback):
         self.job.record_best_epoch(epoch)
         metrics = {key: values[epoch - 1] for key, values in self.job.history.metrics.items() if len(values) >= epoch}
         self.job.emit(BestEpochRestored(epoch=epoch, metrics=metrics))
+
+
+class KeepBestOnStop(keras.callbacks.Callback):
+    """When the user stops this stage, puts back the weights of its best epoch so far (lowest validation loss)."""
+
+    def __init__(self, job):
+        super().__init__()
+        self.job = job
+        self.best = math.inf
+        self.weights = None
+        self.epoch = None
+
+    def on_epoch_end(self, epoch, logs=None):
+        loss = (logs or {}).get("val_loss")
+        if loss is not None and float(loss) < self.best:
+            self.best, self.weights, self.epoch = float(loss), self.model.get_weights(), epoch + 1
+
+    def on_train_end(self, logs=None):
+        if self.job.stop_requested and self.weights is not None:
+            self.model.set_weights(self.weights)
+            self.job.record_best_epoch(self.epoch)

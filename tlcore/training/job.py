@@ -55,7 +55,10 @@ class JobState:
     @property
     def final(self) -> dict[str, float]:
         """The figures of the model that is (or will be) saved: the restored epoch's, else the last's."""
-        return History(self.history, best_epoch=self.best_epoch).final()
+        from tlcore.runs import METRICS
+
+        metrics = {key: values for key, values in self.history.items() if key in METRICS}
+        return History(metrics, best_epoch=self.best_epoch).final()
 
     def to_dict(self) -> dict:
         data = dataclasses.asdict(self)
@@ -104,7 +107,8 @@ class TrainingJob:
         self.on_event = on_event
         self.extra_callbacks = list(callbacks)
         self.history = History()
-        self.state = JobState(epochs=self.train_config.epochs)
+        settings = self.train_config
+        self.state = JobState(epochs=settings.epochs + (settings.fine_tune_epochs if settings.fine_tunes else 0))
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -169,7 +173,7 @@ class TrainingJob:
         with self._lock:
             self.history.append(metrics, seconds, stage)
             self.state.history = {**{k: list(v) for k, v in self.history.metrics.items()},
-                                  "epoch_seconds": list(self.history.epoch_seconds)}
+                                  "epoch_seconds": list(self.history.epoch_seconds), "stages": list(self.history.stages)}
             self.state.epoch = self.history.epochs
         self.run_folder.write_history(self.history)
 
@@ -180,6 +184,13 @@ class TrainingJob:
             return
         with self._lock:
             self.state.unreadable = tuple(dict.fromkeys((*self.state.unreadable, *names)))
+
+    def note_fine_tuning(self, boundary: str, layers: int) -> None:
+        """Records where fine-tuning starts; the saved model no longer holds an earlier best epoch."""
+        self.run_folder.write_fine_tuning(boundary, layers)
+        with self._lock:
+            self.history.best_epoch = None
+            self.state.best_epoch = None
 
     def record_best_epoch(self, epoch: int) -> None:
         """Notes that the model now holds the weights of `epoch` (from 1), as early stopping restored them."""

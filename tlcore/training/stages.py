@@ -8,19 +8,20 @@ of the backbone, say) is one more function here and one more entry in `stages_fo
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import keras
 import numpy as np
 
 from tlcore.config import ModelConfig, Phase, TrainConfig
 from tlcore.extraction import KeptBody, features_for
-from tlcore.features import MAP, FeatureCache
+from tlcore.features import MAP, MAP32, FeatureCache
 from tlcore.inputs import ViewBatches, augmenter, feature_batches, image_dataset
 from tlcore.model import assemble, build_head
 from tlcore.training.callbacks import (
     BestEpochRecorder,
     HistoryWriter,
+    KeepBestOnStop,
     NanGuard,
     ProgressReporter,
     RescueWeights,
@@ -30,6 +31,7 @@ from tlcore.training.events import Progress
 
 HEAD_ON_FEATURES = "head on features"
 END_TO_END = "end to end"
+FINE_TUNE = "fine-tune"
 # Heads this small run this many training steps per call into TensorFlow, which saves the
 # per-step Python overhead that otherwise dominates; larger heads run one step per call so
 # that a stop request is honoured quickly.
@@ -56,6 +58,9 @@ class StageContext:
         in_use: Feature shards in use, never evicted meanwhile.
         rescue: Set by the stage: the weights to save if training fails midway.
         model: Set by the stage: the assembled model (what is saved).
+        head: Set by the first stage: the head, which later stages go on training.
+        train_items: Set by the first stage: the training images that could be read.
+        val_items: Set by the first stage: the validation images that could be read.
     """
 
     config: ModelConfig
@@ -68,6 +73,9 @@ class StageContext:
     in_use: set = field(default_factory=set)
     rescue: RescueWeights | None = None
     model: object = None
+    head: object = None
+    train_items: list = field(default_factory=list)
+    val_items: list = field(default_factory=list)
 
     @property
     def num_classes(self) -> int:
@@ -78,10 +86,10 @@ Stage = Callable[[StageContext], object]
 
 
 def stages_for(settings: TrainConfig) -> list[tuple[str, Stage]]:
-    """The stages a training runs, in order, by name."""
-    if settings.augment and not settings.augment_views:
-        return [(END_TO_END, train_end_to_end)]
-    return [(HEAD_ON_FEATURES, train_head_on_features)]
+    """The stages a training runs, in order, by name: the head, then fine-tuning the backbone's top if asked."""
+    first = (END_TO_END, train_end_to_end) if settings.augment and not settings.augment_views else (
+        HEAD_ON_FEATURES, train_head_on_features)
+    return [first, (FINE_TUNE, train_fine_tune)] if settings.fine_tunes else [first]
 
 
 def make_optimizer(settings: TrainConfig):
@@ -126,10 +134,11 @@ def head_after_pooling(head):
     return keras.Model(inputs, x, name="head_after_pooling")
 
 
-def _fit(ctx: StageContext, model, train, validation, stage: str, train_items, **fit) -> None:
+def _fit(ctx: StageContext, model, train, validation, stage: str, train_items, *, epochs: int | None = None,
+         initial_epoch: int = 0, phase: Phase = Phase.TRAINING, extra=()) -> None:
     # In this order: a NaN epoch is never recorded, and the rescue weights are those recorded.
     callbacks = [NanGuard(), HistoryWriter(ctx.job, stage), ctx.rescue, StopOnRequest(ctx.job),
-                 ProgressReporter(ctx.job), *ctx.callbacks]
+                 ProgressReporter(ctx.job, phase), *extra, *ctx.callbacks]
     callbacks = [callback for callback in callbacks if callback is not None]
     settings = ctx.settings
     if settings.early_stopping:
@@ -139,11 +148,11 @@ def _fit(ctx: StageContext, model, train, validation, stage: str, train_items, *
     model.fit(
         train,
         validation_data=validation,
-        epochs=settings.epochs,
+        epochs=settings.epochs if epochs is None else epochs,
+        initial_epoch=initial_epoch,
         callbacks=callbacks,
         class_weight=class_weights(labels, ctx.num_classes, settings.class_weights),
         verbose=0,
-        **fit,
     )
 
 
@@ -187,6 +196,7 @@ def train_head_on_features(ctx: StageContext):
     train_y = np.asarray([item.label for item in train_items], dtype="int32")
     val_y = np.asarray([item.label for item in val_items], dtype="int32")
     ctx.model = assemble(body, head, config)
+    ctx.head, ctx.train_items, ctx.val_items = head, train_items, val_items
     ctx.rescue = RescueWeights(head)
     small = head.count_params() <= SMALL_HEAD_PARAMETERS
     compile_for(trainable, ctx.num_classes, settings, steps_per_execution=STEPS_PER_EXECUTION if small else 1)
@@ -212,11 +222,88 @@ def train_end_to_end(ctx: StageContext):
     compile_for(model, ctx.num_classes, settings)
     train_items, val_items = readable(ctx, dataset.train), readable(ctx, dataset.validation)
     check_left(train_items, val_items, ctx.num_classes)
+    ctx.head, ctx.train_items, ctx.val_items = head, train_items, val_items
     size, batch = config.input_size, settings.batch_size
     train = image_dataset(train_items, size, batch, shuffle_seed=settings.seed, augment=augmenter(settings.seed))
     validation = image_dataset(val_items, size, batch)
     with ctx.job.phase(Phase.TRAINING):
         _fit(ctx, model, train, validation, END_TO_END, train_items)
+    return model
+
+
+def train_fine_tune(ctx: StageContext):
+    """The second stage: the top blocks of the backbone train with the head, at a low learning rate.
+
+    As in the Keras guide, after the head has trained: the layers after a block end are
+    unfrozen (BatchNormalization stays frozen, in inference mode), the model is recompiled,
+    and training goes on. The layers below never change, so their output is computed once
+    per image (and per kept augmented view) and cached; each epoch then runs only the
+    unfrozen top and the head. With augmentation made afresh every epoch the whole model
+    runs instead (`fine_tune_end_to_end`).
+    """
+    from tlcore.extraction import body_copy
+    from tlcore.model import fine_tune_boundary, unfreeze_top
+
+    if ctx.job.stop_requested:
+        return ctx.model
+    config, settings = ctx.config, ctx.settings
+    body = body_copy(ctx.kept)  # the kept body is never trained
+    boundary, count = fine_tune_boundary(body, config.backbone, settings.fine_tune_layers, settings.fine_tune_from)
+    top = unfreeze_top(body, boundary)
+    ctx.job.note_fine_tuning(boundary, count)
+    ctx.model = assemble(body, ctx.head, config)
+    done = ctx.job.history.epochs
+    epochs = done + settings.fine_tune_epochs
+    fine = replace(settings, learning_rate=settings.fine_tune_learning_rate)
+    if settings.augment and not settings.augment_views:
+        return fine_tune_end_to_end(ctx, fine, done, epochs)
+    views = min(settings.augment_views, settings.fine_tune_epochs) if settings.augment else 0
+
+    def features(items, split: str, view_seed=None):
+        def progress(step, total, cached):
+            ctx.job.update(step=step, steps=total)
+            ctx.job.emit(Progress(phase=Phase.EXTRACTING, done=step, total=total, split=split, cached=cached))
+
+        found = features_for(ctx.kept, items, MAP32, ctx.cache, view_seed=view_seed, progress=progress, layer=boundary,
+                             should_stop=lambda: ctx.job.stop_requested, in_use=ctx.in_use)
+        ctx.job.note_unreadable(found.unreadable)
+        return found.rows
+
+    with ctx.job.phase(Phase.EXTRACTING):
+        if views:
+            train_x = [features(ctx.train_items, f"fine-tune train, view {v + 1}", settings.seed + VIEW_SEED_STEP * (v + 1))
+                       for v in range(views)]
+        else:
+            train_x = features(ctx.train_items, "fine-tune train")
+        val_x = features(ctx.val_items, "fine-tune validation")
+    inputs = keras.Input(shape=tuple(int(v) for v in top.input.shape[1:]), name="block_features")
+    model = keras.Model(inputs, ctx.head(top(inputs)), name="fine_tuned_top_and_head")
+    ctx.rescue = RescueWeights(model)
+    compile_for(model, ctx.num_classes, fine)
+    train_y = np.asarray([item.label for item in ctx.train_items], dtype="int32")
+    val_y = np.asarray([item.label for item in ctx.val_items], dtype="int32")
+    batch = settings.batch_size
+    train = ViewBatches(train_x, train_y, batch, settings.seed) if views else feature_batches(train_x, train_y, batch,
+                                                                                              settings.seed)
+    validation = feature_batches(val_x, val_y, max(batch, VALIDATION_BATCH), None)
+    with ctx.job.phase(Phase.FINE_TUNING):
+        _fit(ctx, model, train, validation, FINE_TUNE, ctx.train_items, epochs=epochs, initial_epoch=done,
+             phase=Phase.FINE_TUNING, extra=[KeepBestOnStop(ctx.job)])
+    return ctx.model
+
+
+def fine_tune_end_to_end(ctx: StageContext, fine: TrainConfig, done: int, epochs: int):
+    """Fine-tuning the way the TensorFlow tutorial does it: the whole model runs on every image, every epoch."""
+    model = ctx.model
+    ctx.rescue = RescueWeights(model)
+    compile_for(model, ctx.num_classes, fine)
+    size, batch = ctx.config.input_size, fine.batch_size
+    augment = augmenter(fine.seed) if fine.augment else None
+    train = image_dataset(ctx.train_items, size, batch, shuffle_seed=fine.seed, augment=augment)
+    validation = image_dataset(ctx.val_items, size, batch)
+    with ctx.job.phase(Phase.FINE_TUNING):
+        _fit(ctx, model, train, validation, FINE_TUNE, ctx.train_items, epochs=epochs, initial_epoch=done,
+             phase=Phase.FINE_TUNING, extra=[KeepBestOnStop(ctx.job)])
     return model
 
 
