@@ -101,6 +101,7 @@ def machine_line() -> str:
 
 def print_table(headers: list[str], rows: list[list], title: str | None = None) -> None:
     """Prints rows as an aligned plain-text table; numbers right-aligned."""
+    rows = [list(row) + [None] * (len(headers) - len(row)) for row in rows]  # short rows end blank
     text = [[_cell(v) for v in row] for row in rows]
     widths = [max(len(h), *(len(r[i]) for r in text)) if text else len(h) for i, h in enumerate(headers)]
     numeric = [all(isinstance(row[i], (int, float)) or row[i] in (None, "") for row in rows) for i in range(len(headers))]

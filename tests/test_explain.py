@@ -144,7 +144,7 @@ def test_a_whole_zip_is_predicted_into_a_table(patches, tmp_path):
     assert not list((tmp_path / "w").iterdir()), "the unpacked pictures are removed afterwards"
     assert seen[-1] == (7, 7) and len(rows) == 7
     broken = next(row for row in rows if row.image == "batch/broken.png")
-    assert broken.prediction is None and "damaged" in broken.problem
+    assert broken.prediction is None and "not an image" in broken.problem
     table = list(csv.DictReader(io.StringIO(batch_csv(rows, ["horizontal", "vertical"]))))
     assert list(table[0]) == ["image", "top_class", "confidence", "p_horizontal", "p_vertical", "problem"]
     good = [row for row in table if not row["problem"]]

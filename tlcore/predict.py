@@ -323,7 +323,7 @@ def batch_csv(rows: Sequence[BatchRow], labels: Sequence[str]) -> str:
     import io
 
     buffer = io.StringIO()
-    writer = csv.writer(buffer)
+    writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(["image", "top_class", "confidence", *[f"p_{name}" for name in labels], "problem"])
     for row in rows:
         if row.prediction is None:
