@@ -15,5 +15,6 @@ with dashboard.app_navigation():  # pages that Streamlit starts without this fil
             st.Page("pages/evaluate.py", title="Evaluate", icon=":material/grid_on:"),
             st.Page("pages/predict.py", title="Predict", icon=":material/image_search:"),
             st.Page("pages/runs.py", title="Runs", icon=":material/history:"),
+            st.Page("pages/class.py", title="Class", icon=":material/school:"),
         ]
     ).run()

@@ -42,6 +42,9 @@ from dashboard.lookups import (  # noqa: F401
 from dashboard.navigation import app_navigation, run_inside_app  # noqa: F401
 from dashboard.patches import keep_keras_between_reruns
 from dashboard.text import plain
+from dashboard.workspace import TEACHER, keep_in_address, remember_model  # noqa: F401
+from dashboard.workspace import current as workspace  # noqa: F401
+from dashboard.workspace import remember_dataset as choose_dataset  # noqa: F401  (for this tab and the workspace's others)
 from dashboard.sidebar import describe_model, sidebar  # noqa: F401  (the pages use describe_model)
 from dashboard.state import (  # noqa: F401
     CURRENT_RUN,
@@ -51,7 +54,6 @@ from dashboard.state import (  # noqa: F401
     MODEL_CONFIG,
     MODEL_SETTINGS,
     TRAIN_SETTINGS,
-    choose_dataset,
     model_config,
     remember_widgets,
     show_settings,
@@ -64,6 +66,8 @@ def page_setup() -> None:
     """Runs first on every page: makes sure it runs inside the navigation, keeps remembered widgets, draws the sidebar."""
     run_inside_app()
     remember_widgets()
+    workspace()  # a new tab of a workspace finds its dataset and model again
+    keep_in_address()
     current_job()  # after a reload, re-attaches to the training before anything is drawn
     keep_job_in_address()
     with st.sidebar:
@@ -105,3 +109,27 @@ def run_label(info) -> str:
 def no_runs_yet() -> None:
     st.info("There is no trained model yet. Train one first.", icon=":material/info:")
     st.page_link("pages/train.py", label="Go to Train", icon=":material/arrow_forward:")
+
+
+def run_row(info) -> dict:
+    """One run's settings and figures, as a table row (the Runs page, the teacher's leaderboard)."""
+    model, train = info.config.get("model", {}), info.config.get("train", {})
+    return {
+        "run": info.name,
+        "status": info.status,
+        "val_accuracy": info.val_accuracy,
+        "backbone": model.get("backbone"),
+        "input_size": model.get("input_size"),
+        "cut_layer": model.get("cut_layer"),
+        "pooling": model.get("pooling"),
+        "dense_units": ", ".join(str(u) for u in model.get("dense_units") or []) or "none",
+        "dropout": model.get("dropout"),
+        "weights": model.get("weights"),
+        "epochs": f"{info.epochs_done} / {train.get('epochs', '?')}",
+        "optimizer": train.get("optimizer"),
+        "learning_rate": train.get("learning_rate"),
+        "augment": train.get("augment"),
+        "class_weights": train.get("class_weights", "none"),
+        "fine_tuned": f"after {info.fine_tuned['after']} ({info.fine_tuned['layers']} layers)" if info.fine_tuned else "",
+        "created": info.created,
+    }

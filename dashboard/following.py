@@ -20,20 +20,28 @@ RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,199}")
 
 
 def current_job():
-    """The training this session follows.
+    """The training this session follows, always one of its workspace's.
 
     That is the one it started, or after a browser reload (a new session) the one named in the
-    address bar; both are the session's own. Otherwise it watches whatever this server is
-    training, which may be another user's: see `owns_job`.
+    address bar, or the newest unfinished one of the workspace (started in another tab). With
+    workspaces off, everyone shares one space: it may then watch another user's training, which
+    it does not own (see `owns_job`).
     """
-    from tlcore.jobs import manager
+    from tlcore.engines import engine
 
-    jobs = manager()
+    from dashboard.workspace import current
+
+    space = current()
+    jobs = engine()
+
+    def ours(job) -> bool:
+        return job is not None and space.owns(job.run_dir)
+
     followed = jobs.get(st.session_state.get(JOB_ID) or "")
-    if followed is not None and st.session_state.get(OWNED):
+    if ours(followed) and st.session_state.get(OWNED):
         return followed
     from_address = jobs.get(str(st.query_params.get(JOB_PARAM, ""))[:200])
-    if from_address is not None:
+    if ours(from_address):
         follow(from_address)
         # Pick up the dataset and settings the training uses, so the pages agree with it.
         if DATA_SOURCE not in st.session_state and isinstance(from_address.data, (str, Path)):
@@ -41,7 +49,15 @@ def current_job():
         if MODEL_CONFIG not in st.session_state:
             show_settings(from_address.model_config, from_address.train_config)
         return from_address
-    watched = jobs.active() or _newest_unfinished(jobs) or followed
+    unfinished = [job for job in jobs.jobs() if ours(job) and not job.snapshot().done]
+    if space.shared:
+        watched = jobs.active() or (unfinished[-1] if unfinished else None) or (followed if ours(followed) else None)
+        st.session_state[JOB_ID] = watched.run_dir.name if watched is not None else None
+        return watched
+    if unfinished:  # started in another tab of this workspace: it is this user's as much
+        follow(unfinished[-1])
+        return unfinished[-1]
+    watched = followed if ours(followed) else None
     st.session_state[JOB_ID] = watched.run_dir.name if watched is not None else None
     return watched
 
@@ -54,7 +70,7 @@ def follow(job) -> None:
 
 
 def owns_job() -> bool:
-    """True when the followed training was started by this user (in this tab)."""
+    """True when the followed training was started by this user (in this workspace)."""
     return bool(st.session_state.get(OWNED)) and bool(st.session_state.get(JOB_ID))
 
 
@@ -64,19 +80,15 @@ def keep_job_in_address() -> None:
         st.query_params[JOB_PARAM] = st.session_state[JOB_ID]
 
 
-def _newest_unfinished(jobs):
-    waiting = [job for job in jobs.jobs() if not job.snapshot().done]
-    return waiting[-1] if waiting else None
-
-
 def job_line(job, state) -> str:
     """One sentence saying where a training is."""
-    from tlcore.jobs import manager
+    from tlcore.engines import engine
 
     if state.status == Status.QUEUED:
-        place = manager().position(job.run_dir.name)
+        jobs = engine()
+        place = jobs.position(job.run_dir.name)
         ahead = f"{place - 1} training(s) ahead of it" if place else "starting"
-        return f"Waiting in line: {ahead}. Only one training runs at a time on this server."
+        return f"Waiting in line: {ahead}. This server trains {jobs.workers} at a time."
     if state.status == Status.RUNNING:
         if state.phase not in ("training", "fine-tuning"):
             return f"Preparing to train: {state.phase or 'starting'}."
@@ -101,12 +113,14 @@ def run_from_address():
     """The run the address bar names when its training is not running in this server (it was
     interrupted by a restart, or ended before it): a `tlcore.runs.RunInfo`, or None."""
     from tlcore.errors import RunError
-    from tlcore.runs import default_runs_dir, read_run
+    from tlcore.runs import read_run
+
+    from dashboard.workspace import current
 
     name = str(st.query_params.get(JOB_PARAM, ""))
     if not RUN_NAME.fullmatch(name) or ".." in name:
         return None
     try:
-        return read_run(default_runs_dir() / name)
+        return read_run(current().runs_dir / name)  # only this workspace's runs: a name alone grants nothing
     except RunError:
         return None

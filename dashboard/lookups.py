@@ -20,7 +20,10 @@ def work_dir() -> Path:
 
 
 def runs_dir() -> Path:
-    return tlruns.default_runs_dir()
+    """This session's workspace's runs: nothing else is listed, opened, stopped or deleted from it."""
+    from dashboard.workspace import current
+
+    return current().runs_dir
 
 
 UPLOAD_NAMES = {"datasets": "dataset.zip", "weights": "weights.h5"}

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import streamlit as st
@@ -54,10 +53,11 @@ def sidebar() -> None:
     except TransferLabError as error:
         st.caption(plain(error))
     st.markdown("#### Training")
-    if "tensorflow" in sys.modules:  # known once TensorFlow is loaded; never loaded just for this line
-        from tlcore.device import training_device
+    from tlcore.engines import engine
 
-        st.caption(f"Runs on: {plain(training_device())}")
+    device = engine().device()  # as the training workers report it; the server never loads TensorFlow for it
+    if device:
+        st.caption(f"Runs on: {plain(device)}")
     job = current_job()
     if job is None or job.snapshot().done:
         _sidebar_job()

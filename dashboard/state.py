@@ -43,13 +43,24 @@ def model_config() -> ModelConfig:
     return config if config is not None else ModelConfig().resolved()
 
 
-def show_settings(model_config: ModelConfig, train_config: TrainConfig) -> None:
-    """Sets the Model and Train pages' widgets to a training's settings."""
+def show_model_settings(model_config: ModelConfig) -> None:
+    """Sets the Model page's widgets to `model_config`."""
     st.session_state[MODEL_CONFIG] = model_config
     values = {name: getattr(model_config, name) for name in MODEL_SETTINGS}
     values["dense_units"] = ", ".join(str(units) for units in model_config.dense_units) or "0"
     values["weights"] = model_config.weights if model_config.weights in ("imagenet", "none") else "file"
-    values.update({name: getattr(train_config, name) for name in TRAIN_SETTINGS})
+    _set_widgets(values)
+
+
+def show_settings(model_config: ModelConfig, train_config: TrainConfig) -> None:
+    """Sets the Model and Train pages' widgets to a training's settings."""
+    show_model_settings(model_config)
+    values = {name: getattr(train_config, name) for name in TRAIN_SETTINGS}
+    values["fine_tune_on"] = train_config.fine_tunes
+    _set_widgets(values)
+
+
+def _set_widgets(values: dict) -> None:
     for name, value in values.items():
         if value is not None:
             st.session_state[KEEP + name] = value

@@ -3,6 +3,7 @@
 import streamlit as st
 
 import dashboard as ui
+from tlcore import workspaces
 from tlcore.charts import counts_figure
 from tlcore.errors import TransferLabError
 from tlcore.samples import SAMPLES, prepare_sample
@@ -33,6 +34,12 @@ with sample_column:
     )
     st.caption(SAMPLES[sample].description + (" Needs the internet." if SAMPLES[sample].needs_download else ""))
     use_sample = st.button("Use this sample", icon=":material/download:")
+    offered = {entry.source: entry.name for entry in workspaces.published(ui.work_dir())}
+    use_published = None
+    if offered:
+        picked = st.selectbox("…or a dataset from your teacher", list(offered), format_func=offered.get)
+        if st.button("Use the teacher's dataset", icon=":material/school:"):
+            use_published = picked
 
 try:
     if uploaded is not None and st.session_state.get("uploaded_id") != uploaded.file_id:
@@ -46,6 +53,9 @@ try:
             path = prepare_sample(sample, work_dir=ui.work_dir())
             ui.dataset(str(path))
         ui.choose_dataset(path, f"{SAMPLES[sample].display_name} (sample)")
+        st.rerun()
+    if use_published:
+        ui.choose_dataset(use_published, offered[use_published])
         st.rerun()
 except TransferLabError as error:
     ui.show_error(error)

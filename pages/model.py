@@ -208,7 +208,7 @@ except ModelConfigError as error:
     ui.show_error(error)
     st.stop()
 if st.session_state.get(ui.MODEL_CONFIG) != config:
-    st.session_state[ui.MODEL_CONFIG] = config
+    ui.remember_model(config)
     st.rerun()  # so the sidebar, drawn first, shows the new settings
 
 st.subheader("Summary")

@@ -14,29 +14,6 @@ METRICS = {"accuracy": "Accuracy", "loss": "Loss"}
 EXPORT_TITLES = {name: fmt.title for name, fmt in EXPORT_FORMATS.items()}
 
 
-def row(info) -> dict:
-    model, train = info.config.get("model", {}), info.config.get("train", {})
-    return {
-        "run": info.name,
-        "status": info.status,
-        "val_accuracy": info.val_accuracy,
-        "backbone": model.get("backbone"),
-        "input_size": model.get("input_size"),
-        "cut_layer": model.get("cut_layer"),
-        "pooling": model.get("pooling"),
-        "dense_units": ", ".join(str(u) for u in model.get("dense_units") or []) or "none",
-        "dropout": model.get("dropout"),
-        "weights": model.get("weights"),
-        "epochs": f"{info.epochs_done} / {train.get('epochs', '?')}",
-        "optimizer": train.get("optimizer"),
-        "learning_rate": train.get("learning_rate"),
-        "augment": train.get("augment"),
-        "class_weights": train.get("class_weights", "none"),
-        "fine_tuned": f"after {info.fine_tuned['after']} ({info.fine_tuned['layers']} layers)" if info.fine_tuned else "",
-        "created": info.created,
-    }
-
-
 def short_name(info) -> str:
     model = info.config.get("model", {})
     started = info.name[9:15]
@@ -54,7 +31,7 @@ if not infos:
     st.stop()
 
 event = st.dataframe(
-    [row(info) for info in infos],
+    [ui.run_row(info) for info in infos],
     hide_index=True,
     on_select="rerun",
     selection_mode="multi-row",

@@ -7,8 +7,7 @@ from tlcore.advice import next_steps
 from tlcore.charts import history_figure, stage_starts
 from tlcore.config import CLASS_WEIGHT_LABELS, OPTIMIZER_LABELS, Status, TrainConfig
 from tlcore.errors import TransferLabError
-from tlcore.jobs import manager
-from tlcore.model import fine_tune_options
+from tlcore.engines import engine
 
 DEFAULTS = TrainConfig()
 BATCH_SIZES = [8, 16, 32, 64, 128]
@@ -40,10 +39,13 @@ def live() -> None:
     if state is None or state.done:
         st.rerun()
     if state.status == Status.QUEUED:
-        place = manager().position(job.run_dir.name)
+        jobs = engine()
+        place = jobs.position(job.run_dir.name)
+        start = jobs.estimated_start(job.run_dir.name)
+        when = f" It should start in about {duration(start)}." if start else ""
         st.info(
-            f"Your training is waiting in line, place {place}. Only one training runs at a time on this "
-            "server; yours starts by itself as soon as the one before it ends.",
+            f"Your training is waiting in line, place {place}. This server trains {jobs.workers} at a time; "
+            f"yours starts by itself when a place is free.{when}",
             icon=":material/hourglass_top:",
         )
     else:
@@ -58,7 +60,7 @@ def live() -> None:
         st.caption("This training was started by someone else (or in another browser tab). "
                    "Start yours above: it waits in line and begins as soon as this one ends.")
     elif st.button("Stop training", icon=":material/stop_circle:", key="stop"):
-        manager().stop(job.run_dir.name)
+        engine().stop(job.run_dir.name)
         st.toast("Stopping after the current batch; the model trained so far is kept.")
     curves(state.history)
 
@@ -218,20 +220,28 @@ with st.expander("Then fine-tune the top of the backbone (a second stage)", icon
     st.caption("Once the head has trained, the last blocks of the backbone can learn too, at a lower learning "
                "rate: the TensorFlow tutorial's second step, often a few points more accuracy. The blocks below "
                "stay frozen and their output is computed once per image, so this stays fast.")
-    try:
-        blocks = dict(fine_tune_options(config))
-    except TransferLabError:
-        blocks = {}
     remembered = st.session_state.get(ui.KEEP + "fine_tune_from") or ""
+    if ui.KEEP + "fine_tune_on" not in st.session_state:
+        st.session_state[ui.KEEP + "fine_tune_on"] = bool(remembered or st.session_state.get(ui.KEEP + "fine_tune_layers"))
+    tuning = st.toggle("Fine-tune after the head has trained", key="keep.fine_tune_on", disabled=busy)
+    blocks = {}
+    if tuning:  # listing the blocks builds the backbone: only when asked, so the page opens at once
+        from tlcore.model import fine_tune_options
+
+        try:
+            blocks = dict(fine_tune_options(config))
+        except TransferLabError:
+            blocks = {}
     options = ["", *blocks, *([remembered] if remembered and remembered not in blocks else [])]
     row = st.columns(4)
     fine_tune_from = row[0].selectbox(
-        "Fine-tune", options, key="keep.fine_tune_from", disabled=busy,
+        "Fine-tune", options, key="keep.fine_tune_from", disabled=busy or not tuning,
         format_func=lambda name: "No fine-tuning" if not name else f"Everything after {name} ({blocks.get(name, '?')} layers)",
         help="Which blocks of the backbone learn in the second stage: the later, the fewer layers and the safer.",
     )
     fine_tune_layers = row[1].number_input(
-        "…or the top N layers", min_value=0, max_value=1000, key="keep.fine_tune_layers", disabled=busy or bool(fine_tune_from),
+        "…or the top N layers", min_value=0, max_value=1000, key="keep.fine_tune_layers",
+        disabled=busy or not tuning or bool(fine_tune_from),
         help="Unfreeze at least this many of the last layers (whole blocks, so maybe a few more). 0: use the choice on the left.",
     )
     fine_tune_epochs = row[2].number_input(
@@ -261,12 +271,12 @@ if st.button("Start training", type="primary", icon=":material/play_arrow:", dis
             val_split=float(val_split),
             seed=int(seed),
             class_weights=class_weights,
-            fine_tune_from=fine_tune_from or "",
-            fine_tune_layers=0 if fine_tune_from else int(fine_tune_layers),
+            fine_tune_from=(fine_tune_from or "") if tuning else "",
+            fine_tune_layers=0 if fine_tune_from or not tuning else int(fine_tune_layers),
             fine_tune_epochs=int(fine_tune_epochs),
             fine_tune_learning_rate=fine_tune_learning_rate,
         )
-        job = manager().submit(source, config, train_config, runs_dir=ui.runs_dir(), work_dir=ui.work_dir())
+        job = engine().submit(source, config, train_config, runs_dir=ui.runs_dir(), work_dir=ui.work_dir())
     except TransferLabError as error:
         ui.show_error(error)
     else:

@@ -15,7 +15,7 @@ from PIL import Image
 from streamlit import config as st_config
 from streamlit.testing.v1 import AppTest
 
-import tlcore.jobs
+import tlcore.engines
 from tlcore import runs
 from tlcore.errors import DatasetError
 from tlcore.config import ModelConfig, TrainConfig
@@ -23,13 +23,18 @@ from tlcore.model import summarize
 from tlcore.training import JobState, train
 
 ROOT = Path(__file__).resolve().parents[1]
-PAGES = ["data", "model", "train", "evaluate", "predict", "runs"]
+PAGES = ["data", "model", "train", "evaluate", "predict", "runs", "class"]
 TIMEOUT = 120
 
 
 @pytest.fixture
 def dirs(tmp_path, monkeypatch):
-    """Separate work and runs folders for one test, as the server's environment sets them."""
+    """Separate work and runs folders for one test, as the server's environment sets them.
+
+    Workspaces are off: these tests are about the pages, and put their runs in `TLCORE_RUNS`
+    itself; `test_workspaces.py` covers private workspaces.
+    """
+    monkeypatch.setenv("TLCORE_WORKSPACES", "off")
     monkeypatch.setenv("TLCORE_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("TLCORE_RUNS", str(tmp_path / "runs"))
     return SimpleNamespace(home=tmp_path / "home", runs=tmp_path / "runs")
@@ -313,6 +318,8 @@ class FakeJob:
 
 
 class FakeManager:
+    workers = 1
+
     def __init__(self, job=None, position=0):
         self.job, self.place, self.stopped, self.submitted = job, position, [], []
 
@@ -328,6 +335,12 @@ class FakeManager:
     def position(self, job_id):
         return self.place
 
+    def estimated_start(self, job_id):
+        return 90.0 if self.place else None
+
+    def device(self):
+        return None
+
     def stop(self, job_id):
         self.stopped.append(job_id)
 
@@ -340,7 +353,7 @@ class FakeManager:
 @pytest.fixture
 def fake_manager(monkeypatch):
     fake = FakeManager()
-    monkeypatch.setattr(tlcore.jobs, "manager", lambda: fake)
+    monkeypatch.setattr(tlcore.engines, "engine", lambda: fake)
     return fake
 
 
@@ -457,6 +470,7 @@ def test_train_page_lets_a_second_user_queue_behind_a_running_job(dirs, fake_man
     assert fake_manager.submitted, "a second training is queued"
     assert at.session_state["job_id"] == "20260101-000000-fake"
     assert "waiting in line, place 1" in at.info[0].value
+    assert "start in about 1 min 30 s" in at.info[0].value, "its estimated start"
     assert at.button[0].disabled
 
 
@@ -471,7 +485,7 @@ def test_train_page_shows_the_result_of_a_real_training(dirs, keras_home, monkey
     at.selectbox(key="keep.batch_size").set_value(8)
     at.button[0].click().run()
     assert not at.exception and not at.error, texts(at.error)
-    assert tlcore.jobs.manager().wait_idle(TIMEOUT)
+    assert tlcore.engines.engine().wait_idle(TIMEOUT)
     at.run()
     assert not at.exception
     assert "Training finished" in at.success[0].value, texts(at.error)

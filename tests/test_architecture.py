@@ -1,6 +1,7 @@
 """Rules of the codebase: the engine stands alone, its imports are layered, and settings exist everywhere at once."""
 
 import ast
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -51,6 +52,35 @@ def test_the_settings_and_run_folders_import_no_keras():
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_the_engine_and_a_jobs_state_import_no_keras():
+    code = "import sys, tlcore.engines, tlcore.engines.local, tlcore.training.state\nprint(sorted(m for m in ('keras', 'tensorflow') if m in sys.modules))"
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == "[]"
+
+
+FRESH_SERVER = """
+import sys
+from streamlit.testing.v1 import AppTest
+page = sys.argv[1]
+at = AppTest.from_file("app.py", default_timeout=120).run()
+if page != "data":
+    at.switch_page(f"pages/{page}.py").run()
+assert not at.exception, at.exception
+print("tensorflow" in sys.modules)
+"""
+
+
+def test_pages_of_a_fresh_server_open_without_importing_tensorflow(tmp_path):
+    # TensorFlow takes seconds to import: a page that does not train or build a model never waits for it.
+    env = {**os.environ, "TLCORE_HOME": str(tmp_path / "home"), "TLCORE_RUNS": str(tmp_path / "runs")}
+    for page in ("data", "train", "evaluate", "predict", "runs"):
+        result = subprocess.run([sys.executable, "-c", FRESH_SERVER, page], cwd=ROOT, env=env,
+                                capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stderr[-2000:]
+        assert result.stdout.strip().splitlines()[-1] == "False", f"the {page} page imported TensorFlow"
 
 
 def test_tlcore_imports_have_no_cycles():

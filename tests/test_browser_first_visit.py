@@ -13,7 +13,7 @@ from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
 from browser_helpers import SLOW, Server, type_number, wait_for_value
 
-NAMED_PAGES = ["Data", "Model", "Train", "Evaluate", "Predict", "Runs"]
+NAMED_PAGES = ["Data", "Model", "Train", "Evaluate", "Predict", "Runs", "Class"]
 SETTLE = 15_000  # milliseconds: the page is drawn, its run may still be sending messages
 # The label of each link in the sidebar navigation, without its icon's ligature text.
 LINK_LABELS = (

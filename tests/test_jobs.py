@@ -1,16 +1,25 @@
-"""The server's job queue: one training at a time, later ones wait their turn."""
+"""The local engine: trainings queue in order and run in worker processes, never in the server."""
 
+import io
+import os
 import shutil
+import subprocess
+import sys
+import textwrap
+import time
+import zipfile
 
 import pytest
 
 from tlcore import runs
+from tlcore.config import Status
 from tlcore.dataset import load_folder
-from tlcore.jobs import JobManager
+from tlcore.engines.local import WORKER_DIED, LocalEngine
 from tlcore.model import ModelConfig
 from tlcore.training import TrainConfig
 
 CONFIG = ModelConfig(backbone="mobilenet_v2", alpha=0.35, input_size=64, dense_units=(8,))
+TIMEOUT = 300
 
 
 @pytest.fixture
@@ -20,44 +29,110 @@ def tiny(horses_or_humans, tmp_path):
         (root / name).mkdir(parents=True)
         for path in sorted((horses_or_humans / name).glob("*.png"))[:8]:
             shutil.copy(path, root / name / path.name)
-    return load_folder(root, val_split=0.25)
+    return root
 
 
-def test_second_job_waits_for_the_first_then_runs(tiny, real_weights, tmp_path):
-    manager = JobManager()
-    first = manager.submit(tiny, CONFIG, TrainConfig(epochs=30), runs_dir=tmp_path / "runs", work_dir=tmp_path / "w")
-    second = manager.submit(tiny, CONFIG, TrainConfig(epochs=1), runs_dir=tmp_path / "runs", work_dir=tmp_path / "w")
-    assert manager.position(second.run_dir.name) in (1, 2)
+@pytest.fixture(scope="module")
+def engine():
+    """One worker, started once for the module: its process lives from job to job."""
+    local = LocalEngine(workers=1)
+    yield local
+    local.close()
+
+
+def wait_for(condition, timeout=TIMEOUT):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if condition():
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def test_a_training_runs_in_a_worker_process_not_in_the_server(engine, tiny, real_weights, tmp_path):
+    job = engine.submit(tiny, CONFIG, TrainConfig(epochs=2), runs_dir=tmp_path / "runs", work_dir=tmp_path / "w")
+    state = job.wait(TIMEOUT)
+    assert state.status == Status.FINISHED, state.message
+    assert len(state.history["val_accuracy"]) == 2 and state.classes == ("horses", "humans")
+    recorded = runs.read_json(job.run_dir / "status.json", {})
+    assert recorded["pid"] in engine.worker_pids() and recorded["pid"] != os.getpid()
+    assert runs.read_run(job.run_dir).status == runs.FINISHED and runs.Run(job.run_dir).has_model
+    assert "tensorflow" not in sys.modules or engine.device() == "CPU", "the worker reports its device"
+    names = zipfile.ZipFile(io.BytesIO(runs.Run(job.run_dir).bundle())).namelist()
+    assert f"{job.run_dir.name}/model.keras" in names
+
+
+def test_second_job_waits_for_the_first_then_runs(engine, tiny, real_weights, tmp_path):
+    first = engine.submit(tiny, CONFIG, TrainConfig(epochs=40), runs_dir=tmp_path / "runs", work_dir=tmp_path / "w")
+    second = engine.submit(tiny, CONFIG, TrainConfig(epochs=1), runs_dir=tmp_path / "runs", work_dir=tmp_path / "w")
+    assert engine.position(second.run_dir.name) in (1, 2)
+    assert engine.estimated_start(second.run_dir.name) > 0
     assert runs.read_run(second.run_dir).status == runs.QUEUED
-    manager.stop(first.run_dir.name)
-    assert manager.wait_idle(timeout=300)
+    assert engine.jobs()[-2:] == [first, second]
+    assert wait_for(lambda: first.snapshot().epoch >= 1)
+    engine.stop(first.run_dir.name)
+    assert engine.wait_idle(timeout=TIMEOUT)
     assert first.status == runs.STOPPED and second.status == runs.FINISHED
-    assert manager.position(second.run_dir.name) is None
-    assert manager.get(second.run_dir.name) is second
+    assert runs.Run(first.run_dir).has_model, "a stopped training keeps its model"
+    assert engine.position(second.run_dir.name) is None and engine.estimated_start(second.run_dir.name) is None
+    assert engine.get(second.run_dir.name) is second
 
 
-def test_a_waiting_job_can_be_cancelled(tiny, real_weights, tmp_path):
-    manager = JobManager()
-    first = manager.submit(tiny, CONFIG, TrainConfig(epochs=30), runs_dir=tmp_path / "runs", work_dir=tmp_path / "w")
-    waiting = manager.submit(tiny, CONFIG, TrainConfig(epochs=1), runs_dir=tmp_path / "runs", work_dir=tmp_path / "w")
-    manager.stop(waiting.run_dir.name)
+def test_a_waiting_job_can_be_cancelled(engine, tiny, real_weights, tmp_path):
+    first = engine.submit(tiny, CONFIG, TrainConfig(epochs=40), runs_dir=tmp_path / "runs", work_dir=tmp_path / "w")
+    waiting = engine.submit(tiny, CONFIG, TrainConfig(epochs=1), runs_dir=tmp_path / "runs", work_dir=tmp_path / "w")
+    engine.stop(waiting.run_dir.name)
     assert runs.read_run(waiting.run_dir).status == runs.STOPPED
-    manager.stop(first.run_dir.name)
-    assert manager.wait_idle(timeout=300)
+    engine.stop(first.run_dir.name)
+    assert engine.wait_idle(timeout=TIMEOUT)
     assert waiting.snapshot().history == {}
 
 
-def test_jobs_lists_every_submission_oldest_first(tiny, real_weights, tmp_path):
-    manager = JobManager()
-    first = manager.submit(tiny, CONFIG, TrainConfig(epochs=1), runs_dir=tmp_path / "runs", work_dir=tmp_path / "w")
-    second = manager.submit(tiny, CONFIG, TrainConfig(epochs=1), runs_dir=tmp_path / "runs", work_dir=tmp_path / "w")
-    assert manager.jobs() == [first, second]
-    assert manager.wait_idle(timeout=300)
-    assert [job.status for job in manager.jobs()] == [runs.FINISHED, runs.FINISHED]
+def test_a_worker_that_dies_fails_its_run_plainly_and_is_replaced(engine, tiny, real_weights, tmp_path):
+    doomed = engine.submit(tiny, CONFIG, TrainConfig(epochs=200), runs_dir=tmp_path / "runs", work_dir=tmp_path / "w")
+    after = engine.submit(tiny, CONFIG, TrainConfig(epochs=1), runs_dir=tmp_path / "runs", work_dir=tmp_path / "w")
+    assert wait_for(lambda: doomed.snapshot().epoch >= 1)
+    old = engine.worker_pids()
+    assert engine.kill_worker_of(doomed.run_dir.name)
+    assert after.wait(TIMEOUT).status == Status.FINISHED, "the next training runs on a new worker"
+    state = doomed.snapshot()
+    assert state.status == Status.FAILED and state.message == WORKER_DIED
+    assert "Traceback" not in state.message
+    recorded = runs.read_run(doomed.run_dir)
+    assert recorded.status == runs.FAILED and "ran out of memory" in recorded.message
+    assert engine.worker_pids() and engine.worker_pids() != old
 
-    import io
-    import zipfile
 
-    names = zipfile.ZipFile(io.BytesIO(runs.Run(second.run_dir).bundle())).namelist()
-    folder = second.run_dir.name
-    assert sorted(names) == sorted(f"{folder}/{n}" for n in ("model.keras", "labels.json", "config.json", "history.json"))
+SERVER = textwrap.dedent("""
+    import sys, time
+    from tlcore.engines.local import LocalEngine
+    from tlcore.model import ModelConfig
+    from tlcore.training import TrainConfig
+
+    engine = LocalEngine(workers=1)
+    job = engine.submit(sys.argv[1], ModelConfig(alpha=0.35, input_size=64, dense_units=(8,)),
+                        TrainConfig(epochs=500), runs_dir=sys.argv[2], work_dir=sys.argv[3])
+    print(job.run_dir, flush=True)
+    while job.snapshot().epoch < 2:
+        time.sleep(0.1)
+    print("training", flush=True)
+    time.sleep(600)
+""")
+
+
+def test_a_killed_server_leaves_its_training_interrupted_with_the_model_so_far(tiny, real_weights, tmp_path):
+    server = subprocess.Popen([sys.executable, "-c", SERVER, str(tiny), str(tmp_path / "runs"), str(tmp_path / "w")],
+                              stdout=subprocess.PIPE, text=True, cwd=os.getcwd())
+    try:
+        run_dir = server.stdout.readline().strip()
+        assert server.stdout.readline().strip() == "training"
+    finally:
+        server.kill()  # as `kill -9` would: no clean-up runs in the server
+        server.wait(60)
+    run = runs.Run(run_dir)
+    assert wait_for(lambda: Status(runs.read_run(run_dir).status).done, 120)
+    info = runs.read_run(run_dir)
+    assert info.status == runs.INTERRUPTED, info.message
+    assert "server stopped" in info.message and "model trained so far is saved" in info.message
+    assert run.has_model and run.load_model() is not None
+    assert len(runs.read_json(run.path / "history.json", {}).get("val_accuracy", [])) >= 2

@@ -7,7 +7,6 @@ import dataclasses
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import keras
@@ -18,54 +17,8 @@ from tlcore.features import FeatureCache
 from tlcore.model import check_num_classes
 from tlcore.runs import History, Run, RunSplit, default_runs_dir
 from tlcore.training.events import Event, PhaseStarted, StatusChanged, StopRequested
+from tlcore.training.state import JobState
 from tlcore.training.stages import StageContext, stages_for
-
-
-@dataclass
-class JobState:
-    """A snapshot of a job, safe to read from any thread."""
-
-    status: Status = Status.QUEUED
-    phase: str = ""
-    stage: str = ""
-    message: str = ""
-    epoch: int = 0
-    epochs: int = 0
-    step: int = 0
-    steps: int = 0
-    eta_seconds: float | None = None
-    history: dict = field(default_factory=dict)
-    best_epoch: int | None = None
-    phase_seconds: dict = field(default_factory=dict)
-    classes: tuple[str, ...] = ()
-    unreadable: tuple[str, ...] = ()
-    started: float | None = None
-    ended: float | None = None
-
-    @property
-    def done(self) -> bool:
-        return Status(self.status).done
-
-    @property
-    def seconds(self) -> float:
-        if self.started is None:
-            return 0.0
-        return (self.ended or time.time()) - self.started
-
-    @property
-    def final(self) -> dict[str, float]:
-        """The figures of the model that is (or will be) saved: the restored epoch's, else the last's."""
-        from tlcore.runs import METRICS
-
-        metrics = {key: values for key, values in self.history.items() if key in METRICS}
-        return History(metrics, best_epoch=self.best_epoch).final()
-
-    def to_dict(self) -> dict:
-        data = dataclasses.asdict(self)
-        data["status"] = str(self.status)
-        data["classes"] = list(self.classes)
-        data["seconds"] = round(self.seconds, 3)
-        return data
 
 
 class TrainingJob:
@@ -83,6 +36,8 @@ class TrainingJob:
         on_event: Called with every `tlcore.training.events.Event` as it happens, from the
             training's thread.
         callbacks: Extra Keras callbacks for every `fit`, after the job's own.
+        run: A run folder already made for this training (by a server that queued it); a new
+            one under `runs_dir` when None.
 
     Raises:
         ModelConfigError: a setting that cannot be used.
@@ -97,6 +52,7 @@ class TrainingJob:
         work_dir: str | Path | None = None,
         on_event: Callable[[Event], None] | None = None,
         callbacks: Sequence[keras.callbacks.Callback] = (),
+        run: Run | None = None,
     ):
         from tlcore.dataset import default_work_dir
 
@@ -111,11 +67,12 @@ class TrainingJob:
         self.state = JobState(epochs=settings.epochs + (settings.fine_tune_epochs if settings.fine_tunes else 0))
         self._lock = threading.Lock()
         self._stop = threading.Event()
+        self._interrupted: str | None = None
         self._thread: threading.Thread | None = None
         self._context: StageContext | None = None
         source = str(getattr(data, "root", data))
-        self.run_folder = Run.create(runs_dir if runs_dir is not None else default_runs_dir(), self.model_config,
-                                     self.train_config, {"source": source})
+        self.run_folder = run or Run.create(runs_dir if runs_dir is not None else default_runs_dir(),
+                                            self.model_config, self.train_config, {"source": source})
         self.run_folder.mark_live(True)
         self.run_folder.write_status(Status.QUEUED)
 
@@ -211,6 +168,11 @@ class TrainingJob:
         self._stop.set()
         self.emit(StopRequested())
 
+    def interrupt(self, message: str) -> None:
+        """Stops after the current batch, keeping the model so far, and records the run as interrupted."""
+        self._interrupted = message
+        self.stop()
+
     def cancel(self) -> None:
         """Ends a job that never started, keeping its run folder as a record."""
         self._stop.set()
@@ -230,12 +192,17 @@ class TrainingJob:
         self.emit(StatusChanged(status=Status.RUNNING))
         try:
             self._work()
-            if self._stop.is_set():
+            if self._interrupted:
+                self._finish(Status.INTERRUPTED, f"{self._interrupted} The model trained so far is saved.")
+            elif self._stop.is_set():
                 self._finish(Status.STOPPED, "Stopped by the user; the model trained so far is saved.")
             else:
                 self._finish(Status.FINISHED, "")
         except Stopped:
-            self._finish(Status.STOPPED, "Stopped by the user before training began; no model was saved.")
+            if self._interrupted:
+                self._finish(Status.INTERRUPTED, f"{self._interrupted} It had not begun training; no model was saved.")
+            else:
+                self._finish(Status.STOPPED, "Stopped by the user before training began; no model was saved.")
         except BaseException as error:  # noqa: BLE001  (the job must always end with a status)
             message = explain_failure(error)
             if self._save_rescued():
