@@ -9,7 +9,7 @@ import streamlit as st
 
 from tlcore.config import Status
 
-from dashboard.state import CURRENT_RUN, DATA_SOURCE, MODEL_CONFIG, choose_dataset, show_settings
+from dashboard.state import CURRENT_RUN, choose_dataset, show_settings
 
 JOB_ID = "job_id"  # the training this session follows
 OWNED = "job_owned"  # True when this session started that training (or reloaded the tab that did)
@@ -42,12 +42,7 @@ def current_job():
         return followed
     from_address = jobs.get(str(st.query_params.get(JOB_PARAM, ""))[:200])
     if ours(from_address):
-        follow(from_address)
-        # Pick up the dataset and settings the training uses, so the pages agree with it.
-        if DATA_SOURCE not in st.session_state and isinstance(from_address.data, (str, Path)):
-            choose_dataset(from_address.data, Path(from_address.data).name)
-        if MODEL_CONFIG not in st.session_state:
-            show_settings(from_address.model_config, from_address.train_config)
+        adopt(from_address)
         return from_address
     unfinished = [job for job in jobs.jobs() if ours(job) and not job.snapshot().done]
     if space.shared:
@@ -55,11 +50,22 @@ def current_job():
         st.session_state[JOB_ID] = watched.run_dir.name if watched is not None else None
         return watched
     if unfinished:  # started in another tab of this workspace: it is this user's as much
-        follow(unfinished[-1])
+        adopt(unfinished[-1])
         return unfinished[-1]
     watched = followed if ours(followed) else None
     st.session_state[JOB_ID] = watched.run_dir.name if watched is not None else None
     return watched
+
+
+def adopt(job) -> None:
+    """Follows a training this session did not start (after a reload, or from another tab), with the
+    dataset and settings it uses, so the pages agree with it."""
+    fresh = st.session_state.get(JOB_ID) != job.run_dir.name
+    follow(job)
+    if fresh:
+        if isinstance(job.data, (str, Path)):
+            choose_dataset(job.data, Path(job.data).name)
+        show_settings(job.model_config, job.train_config)
 
 
 def follow(job) -> None:
@@ -78,6 +84,8 @@ def keep_job_in_address() -> None:
     """Opening another page clears the address bar's parameters: puts the training back."""
     if owns_job():
         st.query_params[JOB_PARAM] = st.session_state[JOB_ID]
+    elif JOB_PARAM in st.query_params and run_from_address() is None:
+        del st.query_params[JOB_PARAM]  # it names nothing of this workspace: nothing to keep
 
 
 def job_line(job, state) -> str:

@@ -108,7 +108,7 @@ def test_navigation_lists_the_pages_in_order():
         if isinstance(call, ast.Call) and getattr(call.func, "attr", None) == "Page"
     ]
     titles = [next(k.value.value for k in call.keywords if k.arg == "title") for call in pages]
-    assert titles == ["Data", "Model", "Train", "Evaluate", "Predict", "Runs"]
+    assert titles == ["Data", "Model", "Train", "Evaluate", "Predict", "Runs", "Class"]
     assert [call.args[0].value for call in pages] == [f"pages/{name}.py" for name in PAGES]
 
 

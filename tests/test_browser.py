@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import zipfile
+from urllib.parse import parse_qs, urlparse
 from pathlib import Path
 
 import pytest
@@ -37,13 +38,21 @@ def server(tmp_path_factory, keras_home):
         server.stop()
 
 
+@pytest.fixture(scope="module")
+def workspace():
+    """The workspace token of this module's first page; later tests open it as another device would."""
+    return {}
+
+
 @pytest.fixture
-def page(browser, server, request):
+def page(browser, server, request, workspace):
     context = browser.new_context(viewport={"width": 1400, "height": 1000})
     page = context.new_page()
     page.set_default_timeout(30_000)
-    page.goto(server.url)
+    page.goto(server.url + (f"/?ws={workspace['token']}" if workspace else ""))
     page.get_by_role("heading", name="Data", exact=True).first.wait_for(timeout=SLOW)
+    page.wait_for_url(re.compile(r"[?&]ws=[A-Za-z0-9_-]{22,}"))
+    workspace.setdefault("token", parse_qs(urlparse(page.url).query)["ws"][0])
     yield page
     shot(page, f"last-{request.node.name}")  # the page as it was when the test ended, passed or not
     context.close()
@@ -153,6 +162,25 @@ def test_stop_training_after_a_reload(page, server, dataset_zip):
     page.get_by_role("button", name="Stop training").wait_for(timeout=SLOW)
     wait_for_points(page, 1)
     shot(page, "10-reattached-after-reload")
+
+    # Another student, in another browser, types the training's address: it grants nothing.
+    job = parse_qs(urlparse(page.url).query)["job"][0]
+    stranger = page.context.browser.new_context(viewport={"width": 1400, "height": 1000})
+    try:
+        other = stranger.new_page()
+        other.goto(f"{server.url}/train?job={job}")
+        other.get_by_role("heading", name="Train", exact=True).first.wait_for(timeout=SLOW)
+        other.get_by_text("Choose a dataset first").wait_for(timeout=SLOW)
+        assert other.get_by_test_id("stSidebar").get_by_text("Nothing training now").is_visible()
+        assert not other.get_by_role("button", name="Stop training").count()
+        assert job not in other.url, "the stranger's tab names no training of someone else"
+        shot(other, "10b-stranger-with-the-job-address")
+        for address, says in (("runs", "no trained model yet"), ("predict", "no trained model yet"), ("data", "No dataset chosen yet")):
+            other.goto(f"{server.url}/{address}?job={job}")
+            other.get_by_text(says).first.wait_for(timeout=SLOW)
+            assert not other.locator("img[src*='media']").count(), f"no picture of another's dataset on {address}"
+    finally:
+        stranger.close()
     page.get_by_role("button", name="Stop training").click()
     page.get_by_text("Stopped by the user").wait_for(timeout=TRAINING)
     assert page.get_by_role("button", name="Start training").is_enabled()
@@ -160,7 +188,8 @@ def test_stop_training_after_a_reload(page, server, dataset_zip):
     assert "200" in page.get_by_label("Epochs", exact=True).input_value(), "the reloaded page shows the job's settings"
     shot(page, "11-stopped")
 
-    # Two runs now exist (this one and the one before): select both and overlay their curves.
+    # Two runs now exist (this one, and the one before in the same workspace, opened here from its
+    # address as on another device): select both and overlay their curves.
     page.get_by_test_id("stToast").first.wait_for(state="hidden", timeout=SLOW)
     open_page(page, "Runs")
     table = page.get_by_test_id("stDataFrame")

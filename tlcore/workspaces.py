@@ -73,7 +73,9 @@ class Workspace:
         return self.runs_root if self.shared else self.runs_root / WORKSPACES_FOLDER / self.key
 
     def owns(self, run_dir: str | Path) -> bool:
-        """True when `run_dir` is one of this workspace's runs (a name elsewhere is not)."""
+        """True when `run_dir` is one of this workspace's runs (a name elsewhere is not); the shared space owns all."""
+        if self.shared:
+            return True
         try:
             return Path(run_dir).resolve().parent == self.runs_dir.resolve()
         except OSError:
