@@ -99,3 +99,42 @@ def browser():
         browser = playwright.chromium.launch(executable_path=str(chromium), args=CHROMIUM_ARGS)
         yield browser
         browser.close()
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory, keras_home):
+    """One `streamlit run` server for the browser tests that need no fresh one (each browser
+    context is a new visitor, in its own workspace)."""
+    from browser_helpers import Server, require_chromium
+
+    require_chromium()
+    running = Server(tmp_path_factory.mktemp("server"), keras_home)
+    try:
+        running.wait_healthy()
+        yield running
+    finally:
+        running.stop()
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory, keras_home, horses_or_humans):
+    """A real run trained for 2 epochs on a small part of horses-or-humans (page and workspace tests)."""
+    from conftest_data import small_zip
+    from tlcore import runs
+    from tlcore.config import ModelConfig, TrainConfig
+    from tlcore.training import train
+
+    root = tmp_path_factory.mktemp("trained")
+    data = root / "data.zip"
+    data.write_bytes(small_zip(horses_or_humans, 12))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("KERAS_HOME", str(keras_home))
+        job = train(
+            data,
+            ModelConfig(input_size=96),
+            TrainConfig(epochs=2, batch_size=8),
+            runs_dir=root / "runs",
+            work_dir=root / "home",
+        )
+    assert job.snapshot().status == runs.FINISHED, job.snapshot().message
+    return job.run_dir

@@ -120,3 +120,13 @@ def assert_same_pixels(path: Path, expected: np.ndarray) -> None:
     assert actual.shape == expected.shape, f"{path.name}: {actual.shape} != {expected.shape}"
     difference = np.abs(actual.astype(np.int16) - expected.astype(np.int16)).mean()
     assert difference == 0, f"{path.name}: mean difference {difference}"
+
+
+def small_zip(source: Path, per_class: int) -> bytes:
+    """A zip of the first `per_class` images of each class folder of `source`."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for folder in sorted(p for p in source.iterdir() if p.is_dir()):
+            for image in sorted(folder.iterdir())[:per_class]:
+                archive.write(image, f"{folder.name}/{image.name}")
+    return buffer.getvalue()

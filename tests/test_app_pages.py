@@ -20,7 +20,9 @@ from tlcore import runs
 from tlcore.errors import DatasetError
 from tlcore.config import ModelConfig, TrainConfig
 from tlcore.model import summarize
-from tlcore.training import JobState, train
+from tlcore.training import JobState
+
+from conftest_data import small_zip
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = ["data", "model", "train", "evaluate", "predict", "runs", "class"]
@@ -66,35 +68,6 @@ def sidebar_text(at: AppTest) -> str:
 
 def metrics(at: AppTest) -> dict[str, str]:
     return {metric.label: metric.value for metric in at.metric}
-
-
-def small_zip(source: Path, per_class: int) -> bytes:
-    """A zip of the first `per_class` images of each class folder of `source`."""
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w") as archive:
-        for folder in sorted(p for p in source.iterdir() if p.is_dir()):
-            for image in sorted(folder.iterdir())[:per_class]:
-                archive.write(image, f"{folder.name}/{image.name}")
-    return buffer.getvalue()
-
-
-@pytest.fixture(scope="module")
-def trained_run(tmp_path_factory, keras_home, horses_or_humans):
-    """A real run trained for 2 epochs on a small part of horses-or-humans."""
-    root = tmp_path_factory.mktemp("trained")
-    data = root / "data.zip"
-    data.write_bytes(small_zip(horses_or_humans, 12))
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("KERAS_HOME", str(keras_home))
-        job = train(
-            data,
-            ModelConfig(input_size=96),
-            TrainConfig(epochs=2, batch_size=8),
-            runs_dir=root / "runs",
-            work_dir=root / "home",
-        )
-    assert job.snapshot().status == runs.FINISHED, job.snapshot().message
-    return job.run_dir
 
 
 # Navigation ---------------------------------------------------------------------------------

@@ -14,28 +14,15 @@ from tlcore.model import ModelConfig, summarize
 from browser_helpers import (
     SLOW,
     TRAINING,
-    Server,
     chart_points,
     choose,
     open_page,
-    require_chromium,
     shot,
     type_number,
     wait_for_points,
 )
 
 IMAGES_PER_CLASS = 40
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory, keras_home):
-    require_chromium()
-    server = Server(tmp_path_factory.mktemp("server"), keras_home)
-    try:
-        server.wait_healthy()
-        yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture(scope="module")

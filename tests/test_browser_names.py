@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from browser_helpers import SLOW, TRAINING, Server, open_page, require_chromium, shot, type_number
+from browser_helpers import SLOW, TRAINING, open_page, shot, type_number
 
 HOST = "evil.example"
 NAMES = [
@@ -20,17 +20,6 @@ NAMES = [
     f"![x](https:{HOST})",
     f"<img src=https:{HOST}> :red[alarm] $x^2$ <a href=https:{HOST}>click",
 ]
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory, keras_home):
-    require_chromium()
-    server = Server(tmp_path_factory.mktemp("names-server"), keras_home)
-    try:
-        server.wait_healthy()
-        yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture(scope="module")

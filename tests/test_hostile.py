@@ -10,7 +10,6 @@ import sys
 import threading
 import time
 import weakref
-import zipfile
 from pathlib import Path
 
 import numpy as np

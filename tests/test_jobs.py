@@ -13,7 +13,6 @@ import pytest
 
 from tlcore import runs
 from tlcore.config import Status
-from tlcore.dataset import load_folder
 from tlcore.engines.local import WORKER_DIED, LocalEngine
 from tlcore.model import ModelConfig
 from tlcore.training import TrainConfig

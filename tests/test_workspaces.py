@@ -8,10 +8,8 @@ import pytest
 
 import tlcore.engines
 from tlcore import runs, workspaces
-from tlcore.config import ModelConfig, TrainConfig
-from tlcore.training import train
 
-from test_app_pages import FakeJob, FakeManager, app, sidebar_text, small_zip, texts
+from test_app_pages import FakeJob, FakeManager, sidebar_text, texts
 
 TEACHER_KEY = "correct horse battery staple"
 
@@ -24,20 +22,6 @@ def space(tmp_path, monkeypatch):
     monkeypatch.setenv("TLCORE_RUNS", str(tmp_path / "runs"))
     monkeypatch.setenv("TLCORE_TEACHER_KEY", TEACHER_KEY)
     return tmp_path
-
-
-@pytest.fixture(scope="module")
-def finished_run(tmp_path_factory, keras_home, horses_or_humans):
-    """A real run with a saved model, to be copied into a workspace."""
-    root = tmp_path_factory.mktemp("finished")
-    data = root / "data.zip"
-    data.write_bytes(small_zip(horses_or_humans, 8))
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("KERAS_HOME", str(keras_home))
-        job = train(data, ModelConfig(input_size=96, dense_units=(8,)), TrainConfig(epochs=1, batch_size=8),
-                    runs_dir=root / "runs", work_dir=root / "home")
-    assert job.snapshot().status == runs.FINISHED, job.snapshot().message
-    return job.run_dir
 
 
 def visitor(page=None, token=None, job=None):
@@ -62,10 +46,10 @@ def token_of(at) -> str:
     return at.session_state["workspace_token"]
 
 
-def give_run(token: str, finished_run, space) -> str:
+def give_run(token: str, trained_run, space) -> str:
     """Copies a finished run into the workspace of `token`; returns its name."""
-    target = workspaces.Workspace.open(token, space / "runs").runs_dir / finished_run.name
-    shutil.copytree(finished_run, target)
+    target = workspaces.Workspace.open(token, space / "runs").runs_dir / trained_run.name
+    shutil.copytree(trained_run, target)
     return target.name
 
 
@@ -82,9 +66,9 @@ def test_a_token_that_is_not_one_of_ours_opens_a_new_workspace(space):
     assert token_of(at) != "../../etc/passwd" and workspaces.valid_token(token_of(at))
 
 
-def test_another_workspace_cannot_see_open_or_delete_a_run(space, finished_run):
+def test_another_workspace_cannot_see_open_or_delete_a_run(space, trained_run):
     owner = visitor()
-    name = give_run(token_of(owner), finished_run, space)
+    name = give_run(token_of(owner), trained_run, space)
     owner.switch_page("pages/runs.py").run()
     assert name in " ".join(str(frame.value) for frame in owner.dataframe), "the owner sees the run"
 
@@ -131,9 +115,9 @@ def test_a_new_tab_of_a_workspace_keeps_its_dataset_and_model(space):
     assert "dataset_name" not in visitor().session_state, "a new visitor starts with nothing chosen"
 
 
-def test_the_teacher_sees_every_workspace_and_publishes_a_dataset(space, finished_run):
+def test_the_teacher_sees_every_workspace_and_publishes_a_dataset(space, trained_run):
     students = [visitor(), visitor()]
-    names = [give_run(token_of(at), finished_run, space) for at in students]
+    names = [give_run(token_of(at), trained_run, space) for at in students]
     teacher = visitor("class")
     teacher.text_input[0].set_value("not the key")
     teacher.button[0].click().run()
