@@ -1,13 +1,19 @@
-"""The local engine: trainings queue in order and run in worker processes, never in the server."""
+"""The engines: trainings queue in order and run in worker processes or Ray actors, never in the server.
+
+Each test runs on the local engine and on the Ray engine (a local Ray cluster on this machine).
+"""
 
 import io
 import os
+import re
+import signal
 import shutil
 import subprocess
 import sys
 import textwrap
 import time
 import zipfile
+from pathlib import Path
 
 import pytest
 
@@ -31,12 +37,20 @@ def tiny(horses_or_humans, tmp_path):
     return root
 
 
-@pytest.fixture(scope="module")
-def engine():
-    """One worker, started once for the module: its process lives from job to job."""
-    local = LocalEngine(workers=1)
-    yield local
-    local.close()
+@pytest.fixture(scope="module", params=["local", "ray"])
+def engine(request):
+    """One worker, started once per engine: its process lives from job to job."""
+    if request.param == "local":
+        made = LocalEngine(workers=1)
+    else:
+        ray = pytest.importorskip("ray") if not os.environ.get("CI") else __import__("ray")
+        from tlcore.engines.ray_engine import RayEngine
+
+        made = RayEngine(workers=1)
+    yield made
+    made.close()
+    if request.param == "ray":
+        ray.shutdown()
 
 
 def wait_for(condition, timeout=TIMEOUT):
@@ -87,18 +101,21 @@ def test_a_waiting_job_can_be_cancelled(engine, tiny, real_weights, tmp_path):
     assert waiting.snapshot().history == {}
 
 
-def test_a_worker_that_dies_fails_its_run_plainly_and_is_replaced(engine, tiny, real_weights, tmp_path):
+def test_a_worker_that_dies_fails_its_run_plainly_and_is_replaced(engine, tiny, real_weights, tmp_path, monkeypatch):
+    monkeypatch.setenv("TLCORE_CHECKPOINT_SECONDS", "0")  # a checkpoint after every epoch
     doomed = engine.submit(tiny, CONFIG, TrainConfig(epochs=200), runs_dir=tmp_path / "runs", work_dir=tmp_path / "w")
     after = engine.submit(tiny, CONFIG, TrainConfig(epochs=1), runs_dir=tmp_path / "runs", work_dir=tmp_path / "w")
-    assert wait_for(lambda: doomed.snapshot().epoch >= 1)
+    assert wait_for(lambda: doomed.snapshot().epoch >= 2)
     old = engine.worker_pids()
     assert engine.kill_worker_of(doomed.run_dir.name)
     assert after.wait(TIMEOUT).status == Status.FINISHED, "the next training runs on a new worker"
     state = doomed.snapshot()
-    assert state.status == Status.FAILED and state.message == WORKER_DIED
+    assert state.status == Status.FAILED and state.message.startswith(WORKER_DIED)
     assert "Traceback" not in state.message
     recorded = runs.read_run(doomed.run_dir)
     assert recorded.status == runs.FAILED and "ran out of memory" in recorded.message
+    epoch = int(re.search(r"model from epoch (\d+) is saved", recorded.message).group(1))
+    assert epoch >= 1 and runs.Run(doomed.run_dir).load_model() is not None, "its last checkpoint is its model"
     assert engine.worker_pids() and engine.worker_pids() != old
 
 
@@ -109,6 +126,7 @@ SERVER = textwrap.dedent("""
     from tlcore.training import TrainConfig
 
     engine = LocalEngine(workers=1)
+    print(*engine.worker_pids(), flush=True)
     job = engine.submit(sys.argv[1], ModelConfig(alpha=0.35, input_size=64, dense_units=(8,)),
                         TrainConfig(epochs=500), runs_dir=sys.argv[2], work_dir=sys.argv[3])
     print(job.run_dir, flush=True)
@@ -123,6 +141,7 @@ def test_a_killed_server_leaves_its_training_interrupted_with_the_model_so_far(t
     server = subprocess.Popen([sys.executable, "-c", SERVER, str(tiny), str(tmp_path / "runs"), str(tmp_path / "w")],
                               stdout=subprocess.PIPE, text=True, cwd=os.getcwd())
     try:
+        server.stdout.readline()
         run_dir = server.stdout.readline().strip()
         assert server.stdout.readline().strip() == "training"
     finally:
@@ -135,3 +154,26 @@ def test_a_killed_server_leaves_its_training_interrupted_with_the_model_so_far(t
     assert "server stopped" in info.message and "model trained so far is saved" in info.message
     assert run.has_model and run.load_model() is not None
     assert len(runs.read_json(run.path / "history.json", {}).get("val_accuracy", [])) >= 2
+
+
+def test_a_server_killed_with_its_worker_leaves_the_last_checkpoint_to_the_next_server(tiny, real_weights, tmp_path,
+                                                                                     monkeypatch):
+    monkeypatch.setenv("TLCORE_CHECKPOINT_SECONDS", "0")
+    server = subprocess.Popen([sys.executable, "-c", SERVER, str(tiny), str(tmp_path / "runs"), str(tmp_path / "w")],
+                              stdout=subprocess.PIPE, text=True, cwd=os.getcwd())
+    try:
+        worker = int(server.stdout.readline().split()[0])
+        run_dir = server.stdout.readline().strip()
+        assert server.stdout.readline().strip() == "training"
+    finally:
+        server.kill()
+        os.kill(worker, signal.SIGKILL)  # both at once, as a machine's out-of-memory killer or a power cut might
+        server.wait(60)
+    assert wait_for(lambda: not os.path.exists(f"/proc/{worker}"), 60)
+    info = runs.read_run(run_dir)
+    assert info.status == runs.INTERRUPTED and not info.has_model
+    assert runs.keep_checkpoints(tmp_path / "runs") == [Path(run_dir).name], "what a starting server does"
+    info = runs.read_run(run_dir)
+    assert info.status == runs.INTERRUPTED and info.has_model
+    assert re.search(r"model from epoch \d+ is saved", info.message)
+    assert runs.Run(run_dir).load_model() is not None

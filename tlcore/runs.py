@@ -33,6 +33,7 @@ LABELS_FILE = "labels.json"
 STATUS_FILE = "status.json"
 SPLIT_FILE = "split.json"
 MODEL_FILE = "model.keras"
+CHECKPOINT_FILE = "checkpoint.keras"  # the model as of a recent epoch, while training runs
 
 # Kept for callers that compare status strings.
 QUEUED, RUNNING, FINISHED, STOPPED, FAILED, INTERRUPTED = (s.value for s in Status)
@@ -409,6 +410,33 @@ class Run:
         finally:
             partial.unlink(missing_ok=True)
 
+    def save_checkpoint(self, model, epoch: int) -> None:
+        """Keeps the model as of `epoch` (from 1), so a training killed outright still leaves a model."""
+        partial = self.path / f".{CHECKPOINT_FILE}.{uuid.uuid4().hex[:8]}.keras"
+        try:
+            model.save(partial)
+            os.replace(partial, self.path / CHECKPOINT_FILE)
+            write_json(self.path / ".checkpoint.json", {"epoch": int(epoch), "saved": now_iso()})
+        finally:
+            partial.unlink(missing_ok=True)
+
+    def keep_checkpoint(self) -> int | None:
+        """After a training ended without saving its model, makes the last checkpoint the run's model.
+
+        Returns:
+            The epoch the model now holds, or None when there was no checkpoint to keep (a model
+            saved at the end always wins: the checkpoint is then removed).
+        """
+        checkpoint = self.path / CHECKPOINT_FILE
+        if not checkpoint.is_file():
+            return None
+        if self.has_model:
+            checkpoint.unlink(missing_ok=True)
+            return None
+        epoch = (read_json(self.path / ".checkpoint.json", {}) or {}).get("epoch")
+        os.replace(checkpoint, self.model_path)
+        return int(epoch) if isinstance(epoch, int) else None
+
     def load_model(self):
         """Loads the saved model with Keras' safe mode.
 
@@ -531,6 +559,28 @@ def load_model(run_dir: str | Path):
 def load_labels(run_dir: str | Path) -> tuple[str, ...]:
     """`Run(run_dir).labels()`."""
     return Run(run_dir).labels()
+
+
+def keep_checkpoints(runs_dir: str | Path) -> list[str]:
+    """Gives every interrupted run under `runs_dir` (and its workspaces) the model of its last checkpoint.
+
+    A server starting after a crash calls it: a training killed outright (its process gone, so
+    no clean-up ran) keeps the model of its last checkpointed epoch. Returns the runs changed.
+    """
+    root = Path(runs_dir)
+    folders = [root, *sorted((root / "workspaces").glob("*"))] if root.is_dir() else []
+    kept = []
+    for folder in folders:
+        for child in sorted(folder.glob(f"*/{CHECKPOINT_FILE}")):
+            run = Run(child.parent)
+            status = run.status()
+            if status.status != Status.INTERRUPTED:
+                continue
+            epoch = run.keep_checkpoint()
+            if epoch is not None:
+                run.write_status(Status.INTERRUPTED, f"{status.message} The model from epoch {epoch} is saved.")
+                kept.append(run.name)
+    return kept
 
 
 def delete_run(run_dir: str | Path) -> None:

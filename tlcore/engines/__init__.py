@@ -2,7 +2,8 @@
 
 `engine()` is the process-wide one, chosen by `$TLCORE_ENGINE`:
 
-- `local` (the default): worker processes on this machine (`tlcore.engines.local`).
+- `local` (the default): worker processes on this machine (`tlcore.engines.local`);
+- `ray`: Ray actors on a Ray cluster, `$RAY_ADDRESS` or a local one (`tlcore.engines.ray_engine`).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from tlcore.engines.base import Engine, JobSpec, ServedJob, Slot
 
 __all__ = ["Engine", "JobSpec", "ServedJob", "Slot", "engine", "ENGINES"]
 
-ENGINES = ("local",)
+ENGINES = ("local", "ray")
 
 _ENGINE: Engine | None = None
 _ENGINE_LOCK = threading.Lock()
@@ -25,6 +26,10 @@ def _make(name: str) -> Engine:
         from tlcore.engines.local import LocalEngine
 
         return LocalEngine()
+    if name == "ray":
+        from tlcore.engines.ray_engine import RayEngine
+
+        return RayEngine()
     raise ValueError(f"TLCORE_ENGINE must be one of {', '.join(ENGINES)}, not {name!r}")
 
 
@@ -36,7 +41,11 @@ def engine() -> Engine:
             from tlcore.dataset import default_work_dir
             from tlcore.storage import remove_leftovers
 
-            # A server starting after a crash tidies what the crash left half done.
+            from tlcore.runs import default_runs_dir, keep_checkpoints
+
+            # A server starting after a crash tidies what the crash left half done, and gives each
+            # training it killed outright the model of its last checkpoint.
             remove_leftovers(default_work_dir())
+            keep_checkpoints(default_runs_dir())
             _ENGINE = _make(os.environ.get("TLCORE_ENGINE", "local").strip().lower() or "local")
         return _ENGINE

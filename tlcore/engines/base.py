@@ -85,6 +85,8 @@ class ServedJob:
                 return
             self._state = state
         if state.done:
+            if not self.run_folder.status().done:  # the worker could not write it (it never began)
+                self.run_folder.write_status(state.status, state.message)
             self.run_folder.mark_live(False)
             self._ended.set()
 
@@ -95,6 +97,11 @@ class ServedJob:
                 return
             self._state = dataclasses.replace(self._state, status=status, message=message, phase="",
                                               eta_seconds=None, ended=time.time())
+        kept = self.run_folder.keep_checkpoint()
+        if kept is not None:
+            message = f"{message} The model from epoch {kept} is saved."
+            with self._lock:
+                self._state = dataclasses.replace(self._state, message=message)
         self.run_folder.write_status(status, message)
         self.run_folder.mark_live(False)
         self._ended.set()

@@ -92,11 +92,39 @@ def _serve(conn, threads: int | None) -> None:
                 job.stop()
 
 
-def _train(spec, link: _Connection, current: dict, job_class) -> None:
+def job_for(spec, job_class=None):
+    """The `TrainingJob` of a spec, on the run folder its server made, with the server's environment."""
+    from tlcore.errors import TransferLabError
     from tlcore.runs import Run
 
+    if job_class is None:
+        from tlcore.training import TrainingJob as job_class
+    if not os.path.isdir(spec.run_dir):
+        raise TransferLabError(
+            "Training failed: this worker cannot see the run folder. Workers on other machines need the "
+            "server's TLCORE_RUNS and TLCORE_HOME folders at the same paths (a shared file system)."
+        )
     os.environ.update(spec.env)
-    job = job_class(spec.data, spec.model_config, spec.train_config, work_dir=spec.work_dir, run=Run(spec.run_dir))
+    return job_class(spec.data, spec.model_config, spec.train_config, work_dir=spec.work_dir, run=Run(spec.run_dir))
+
+
+def failed_state(error: BaseException) -> dict:
+    """What a job that could not even be set up reports."""
+    import time
+
+    from tlcore.config import Status
+    from tlcore.training.job import explain_failure
+    from tlcore.training.state import JobState
+
+    return JobState(status=Status.FAILED, message=explain_failure(error), ended=time.time()).to_dict()
+
+
+def _train(spec, link: _Connection, current: dict, job_class) -> None:
+    try:
+        job = job_for(spec, job_class)
+    except Exception as error:  # noqa: BLE001  (reported as the run's failure)
+        link.send("done", spec.name, failed_state(error))
+        return
     current["job"] = job
     done = threading.Event()
 

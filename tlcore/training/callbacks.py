@@ -114,6 +114,27 @@ class RescueWeights(keras.callbacks.Callback):
         return True
 
 
+class Checkpoint(keras.callbacks.Callback):
+    """Saves the assembled model to the run folder after an epoch, at most every `seconds`.
+
+    A training whose process is killed outright (out of memory, a server killed with its
+    workers) then still leaves the model of a recent epoch; see `Run.keep_checkpoint`.
+    """
+
+    def __init__(self, ctx, seconds: float):
+        super().__init__()
+        self.ctx = ctx
+        self.seconds = seconds
+        self.last = time.monotonic()
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.ctx.model is None or time.monotonic() - self.last < self.seconds:
+            return
+        job = self.ctx.job
+        job.run_folder.save_checkpoint(self.ctx.model, job.state.epoch)
+        self.last = time.monotonic()
+
+
 class BestEpochRecorder(keras.callbacks.Callback):
     """Records which epoch an `EarlyStopping(restore_best_weights=True)` put back, once `fit` ends.
 

@@ -231,6 +231,9 @@ class TrainingJob:
             note = (f"{len(unreadable)} image(s) could not be read and were left out: {listed}. "
                     "Open them on your computer; re-save or remove them.")
             message = f"{message} {note}".strip()
+        kept = self.run_folder.keep_checkpoint()  # the final model, when saved, wins over the checkpoint
+        if kept is not None:
+            message = f"{message} The model from epoch {kept} is saved.".strip()
         self.update(status=status, message=message, ended=time.time(), phase="", eta_seconds=None)
         state = self.snapshot()
         self.run_folder.write_status(status, message, phases=state.phase_seconds, seconds=round(state.seconds, 3),

@@ -7,6 +7,8 @@ of the backbone, say) is one more function here and one more entry in `stages_fo
 
 from __future__ import annotations
 
+import os
+
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
@@ -20,6 +22,7 @@ from tlcore.inputs import ViewBatches, augmenter, feature_batches, image_dataset
 from tlcore.model import assemble, build_head
 from tlcore.training.callbacks import (
     BestEpochRecorder,
+    Checkpoint,
     HistoryWriter,
     KeepBestOnStop,
     NanGuard,
@@ -36,6 +39,9 @@ FINE_TUNE = "fine-tune"
 # per-step Python overhead that otherwise dominates; larger heads run one step per call so
 # that a stop request is honoured quickly.
 STEPS_PER_EXECUTION = 16
+# The model is saved to the run folder after an epoch at most this often, so a killed training keeps
+# a recent one without slowing the quick trainings down.
+CHECKPOINT_SECONDS = 10.0  # $TLCORE_CHECKPOINT_SECONDS overrides it
 SMALL_HEAD_PARAMETERS = 1_000_000
 # Validation batches hold this many images at least: fewer calls, same metrics.
 VALIDATION_BATCH = 256
@@ -134,11 +140,19 @@ def head_after_pooling(head):
     return keras.Model(inputs, x, name="head_after_pooling")
 
 
+def checkpoint_seconds() -> float:
+    value = os.environ.get("TLCORE_CHECKPOINT_SECONDS", "").strip()
+    try:
+        return max(0.0, float(value)) if value else CHECKPOINT_SECONDS
+    except ValueError:
+        raise ValueError(f"TLCORE_CHECKPOINT_SECONDS must be a number of seconds, not {value!r}") from None
+
+
 def _fit(ctx: StageContext, model, train, validation, stage: str, train_items, *, epochs: int | None = None,
          initial_epoch: int = 0, phase: Phase = Phase.TRAINING, extra=()) -> None:
     # In this order: a NaN epoch is never recorded, and the rescue weights are those recorded.
-    callbacks = [NanGuard(), HistoryWriter(ctx.job, stage), ctx.rescue, StopOnRequest(ctx.job),
-                 ProgressReporter(ctx.job, phase), *extra, *ctx.callbacks]
+    callbacks = [NanGuard(), HistoryWriter(ctx.job, stage), ctx.rescue, Checkpoint(ctx, checkpoint_seconds()),
+                 StopOnRequest(ctx.job), ProgressReporter(ctx.job, phase), *extra, *ctx.callbacks]
     callbacks = [callback for callback in callbacks if callback is not None]
     settings = ctx.settings
     if settings.early_stopping:

@@ -1,0 +1,248 @@
+"""The Ray engine: each training runs in a long-lived Ray actor, anywhere in a Ray cluster.
+
+Chosen with `TLCORE_ENGINE=ray`. The cluster is `$RAY_ADDRESS`, or a local one the server
+starts. Every training asks for `TLCORE_RAY_CPUS` CPUs (default 1) and `TLCORE_RAY_GPUS` GPUs
+(default 0; a fraction such as 0.25 shares a GPU, and TensorFlow is then held to that share of
+its memory). Actors write into the run folder the server made, so workers on other machines
+need `TLCORE_RUNS` and `TLCORE_HOME` at the same paths (a shared file system); the pages then
+work exactly as with the local engine.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+
+from tlcore.config import Status
+from tlcore.engines.base import Engine, ServedJob, Slot
+from tlcore.engines.local import WORKER_DIED
+from tlcore.errors import TransferLabError
+from tlcore.training.state import JobState
+
+POLL_SECONDS = 0.5
+LOCAL_OBJECT_STORE_BYTES = 256 * 1024 * 1024  # a local cluster only passes small messages
+
+
+def _number(name: str, default: float) -> float:
+    value = os.environ.get(name, "").strip()
+    if not value:
+        return default
+    try:
+        number = float(value)
+    except ValueError:
+        raise ValueError(f"{name} must be a number, not {value!r}") from None
+    if number < 0:
+        raise ValueError(f"{name} must not be negative, not {value!r}")
+    return number
+
+
+def resources() -> dict:
+    """What each training asks Ray for."""
+    return {"num_cpus": _number("TLCORE_RAY_CPUS", 1.0), "num_gpus": _number("TLCORE_RAY_GPUS", 0.0)}
+
+
+def connect() -> None:
+    """Joins `$RAY_ADDRESS`, or starts a local Ray on this machine, once per process.
+
+    Raises:
+        TransferLabError: Ray is not installed, or the cluster cannot be reached.
+    """
+    try:
+        import ray
+    except ImportError:
+        raise TransferLabError("The Ray engine needs Ray: pip install 'transfer-lab[ray]' (or pip install ray).") from None
+    if ray.is_initialized():
+        return
+    address = os.environ.get("RAY_ADDRESS", "").strip() or None
+    # Workers import tlcore from where this server does (installed, or this repository).
+    here = str(Path(__file__).resolve().parents[2])
+    path = os.pathsep.join(p for p in (here, os.environ.get("PYTHONPATH", "")) if p)
+    options = {"include_dashboard": False, "log_to_driver": False, "runtime_env": {"env_vars": {"PYTHONPATH": path}}}
+    try:
+        if address:
+            ray.init(address=address, **options)
+        else:
+            ray.init(object_store_memory=LOCAL_OBJECT_STORE_BYTES, **options)
+    except (ConnectionError, RuntimeError, ValueError) as error:
+        raise TransferLabError(f"Could not reach the Ray cluster at {address or 'this machine'}: {error}") from None
+
+
+class TrainingActor:
+    """A Ray actor that trains one job at a time and keeps its warm caches between jobs."""
+
+    def __init__(self, gpu_share: float = 0.0):
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        _limit_gpu_memory(gpu_share)
+        from tlcore.device import training_device
+
+        self.device = training_device()
+        self.jobs: dict = {}
+
+    def ready(self) -> tuple[str, int]:
+        return self.device, os.getpid()
+
+    def train(self, spec) -> dict:
+        from tlcore.engines.worker import failed_state, job_for
+
+        try:
+            job = job_for(spec)
+        except Exception as error:  # noqa: BLE001  (reported as the run's failure)
+            return failed_state(error)
+        self.jobs[spec.name] = job
+        try:
+            return job.run().to_dict()
+        finally:
+            self.jobs.pop(spec.name, None)
+
+    def snapshot(self, name: str) -> dict | None:
+        job = self.jobs.get(name)
+        return job.snapshot().to_dict() if job is not None else None
+
+    def stop(self, name: str) -> None:
+        job = self.jobs.get(name)
+        if job is not None:
+            job.stop()
+
+
+def _limit_gpu_memory(share: float) -> None:
+    """With a fraction of a GPU, TensorFlow may take only that share of its memory."""
+    import tensorflow as tf
+
+    gpus = tf.config.list_physical_devices("GPU")
+    if not gpus or not 0 < share < 1:
+        return
+    total = _gpu_memory_mb()
+    for gpu in gpus:
+        if total:
+            tf.config.set_logical_device_configuration(
+                gpu, [tf.config.LogicalDeviceConfiguration(memory_limit=int(total * share))])
+        else:
+            tf.config.experimental.set_memory_growth(gpu, True)
+
+
+def _gpu_memory_mb() -> int | None:
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        return pynvml.nvmlDeviceGetMemoryInfo(pynvml.nvmlDeviceGetHandleByIndex(0)).total // (1024 * 1024)
+    except Exception:  # noqa: BLE001  (no NVML: fall back to memory growth)
+        return None
+
+
+class RayActorSlot(Slot):
+    """One Ray actor, made when first needed and replaced when it dies."""
+
+    def __init__(self):
+        self._actor = None
+        self._device: str | None = None
+        self._pid: int | None = None
+        self._job: ServedJob | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def device(self) -> str | None:
+        return self._device
+
+    @property
+    def pid(self) -> int | None:
+        return self._pid
+
+    def _ensure_actor(self):
+        import ray
+
+        with self._lock:
+            if self._actor is None:
+                wanted = resources()
+                remote = ray.remote(max_concurrency=4, max_restarts=0, **wanted)(TrainingActor)
+                self._actor = remote.remote(wanted["num_gpus"])
+            actor = self._actor
+        self._device, self._pid = ray.get(actor.ready.remote())
+        return actor
+
+    def run(self, job: ServedJob) -> None:
+        import ray
+        from ray.exceptions import RayActorError, RayError
+
+        with self._lock:
+            self._job = job
+        try:
+            actor = self._ensure_actor()
+            result = actor.train.remote(job.spec)
+            while True:
+                done, _ = ray.wait([result], timeout=POLL_SECONDS)
+                if done:
+                    job.report(JobState.from_dict(ray.get(result)))
+                    return
+                state = ray.get(actor.snapshot.remote(job.run_dir.name))
+                if state is not None:
+                    job.report(JobState.from_dict(state))
+        except RayActorError:
+            with self._lock:
+                self._actor = None  # the next job gets a new actor
+            job.end(Status.FAILED, WORKER_DIED)
+        except RayError as error:
+            job.end(Status.FAILED, f"Training failed: the Ray cluster could not run it ({type(error).__name__}).")
+        finally:
+            with self._lock:
+                self._job = None
+
+    def stop(self, job: ServedJob) -> None:
+        with self._lock:
+            actor = self._actor if self._job is job else None
+        if actor is not None:
+            actor.stop.remote(job.run_dir.name)
+
+    def kill(self) -> None:
+        """Kills the actor at once, as a crashed machine would (for tests and the fault benchmark)."""
+        import ray
+
+        with self._lock:
+            actor = self._actor
+        if actor is not None:
+            ray.kill(actor, no_restart=True)
+
+    def close(self) -> None:
+        with self._lock:
+            job, actor = self._job, self._actor
+        if job is not None and actor is not None:
+            actor.stop.remote(job.run_dir.name)
+
+
+class RayEngine(Engine):
+    """Trains on a Ray cluster, `workers` trainings at a time (default: as many as its CPUs allow)."""
+
+    name = "ray"
+
+    def __init__(self, workers: int | None = None):
+        connect()
+        if workers is None:
+            workers = _default_workers()
+        super().__init__(workers)
+
+    def _make_slot(self, index: int) -> RayActorSlot:
+        return RayActorSlot()
+
+    def worker_pids(self) -> list[int]:
+        return [slot.pid for slot in self._slots if slot.pid is not None]
+
+    def kill_worker_of(self, job_id: str) -> bool:
+        for slot in self._slots:
+            if isinstance(slot, RayActorSlot) and slot._job is not None and slot._job.run_dir.name == job_id:
+                slot.kill()
+                return True
+        return False
+
+
+def _default_workers() -> int:
+    import ray
+
+    value = os.environ.get("TLCORE_WORKERS", "").strip()
+    if value:
+        from tlcore.engines.local import default_workers
+
+        return default_workers()
+    cpus = float(ray.cluster_resources().get("CPU", 1))
+    return max(1, int(cpus // max(resources()["num_cpus"], 0.01)))
+
