@@ -6,6 +6,7 @@ import dashboard as ui
 from tlcore.charts import compare_runs_figure
 from tlcore.config import ModelConfig, TrainConfig
 from tlcore.exports.formats import FORMATS as EXPORT_FORMATS
+from tlcore.exports.formats import agreement_note
 from tlcore.errors import TransferLabError
 from tlcore.predict import forget_predictors
 from tlcore.runs import list_runs
@@ -117,6 +118,8 @@ if len(selected) == 1 and selected[0].has_model:
             name, (data, report) = prepared
             st.download_button("Download the export (.zip)", data=data, file_name=f"{name}-export.zip",
                                mime="application/zip", icon=":material/download:")
+            if note := agreement_note(report):
+                st.warning(note, icon=":material/warning:")
             st.dataframe(
                 [{"format": EXPORT_TITLES[f], "file": r["file"], "MB": round(r["bytes"] / 1e6, 2),
                   "top-1 agreement": r.get("top1_agreement")} for f, r in report["formats"].items()],

@@ -31,6 +31,10 @@ RETIRED = {"tlcore.model.BackbonePreprocess": "use tlcore.model.preprocess or pr
 # What each benchmark's `--smoke` run must print: its main figures, as regular expressions
 # matched line by line (`re.MULTILINE`).
 FIGURES = {
+    "classroom": [
+        r"^first visit of a fresh local server: page drawn after [\d.]+s$",
+        r"^local\s+2\s+2\s+0\s+0\s+[\d.]+",  # two students, both runs finished, none failed or lost
+    ],
     "extraction_options": [
         r"^Raw forward, 96px \(best of 1",
         r"^folded batch norm \(tlcore\)\s+8\s+[\d.]+\s+[\d.e+-]+$",

@@ -279,3 +279,12 @@ def test_pip_install_gives_both_commands_anywhere(tmp_path):
                            cwd=elsewhere, capture_output=True, text=True, timeout=120, env=CLEAN_ENV)
     assert files.returncode == 0, files.stderr
     assert "app.py" in files.stdout and "train.py" in files.stdout
+
+
+def test_a_quantised_model_that_often_disagrees_is_flagged_in_plain_words():
+    from tlcore.exports.formats import agreement_note
+
+    assert agreement_note({"formats": {"tflite-int8": {"top1_agreement": 0.98}}}) is None
+    assert agreement_note({"formats": {"tflite": {}}}) is None
+    note = agreement_note({"formats": {"tflite-int8": {"top1_agreement": 0.805}}})
+    assert "only 80%" in note and "model.tflite" in note

@@ -333,6 +333,11 @@ def _cmd_export(args) -> dict:
             agreement = figures.get("top1_agreement")
             extra = f", top-1 agreement {agreement:.1%}" if agreement is not None else ""
             print(f"  {name:<12} {figures['file']:<20} {figures['bytes'] / 1e6:8.2f} MB  {figures['seconds']:6.1f} s{extra}")
+        from tlcore.exports.formats import agreement_note
+
+        note = agreement_note(report)
+        if note:
+            print(note)
     return report
 
 

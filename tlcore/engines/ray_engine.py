@@ -51,7 +51,7 @@ def connect() -> None:
     try:
         import ray
     except ImportError:
-        raise TransferLabError("The Ray engine needs Ray: pip install 'transfer-lab[ray]' (or pip install ray).") from None
+        raise TransferLabError("The Ray engine needs Ray: pip install ray.") from None
     if ray.is_initialized():
         return
     address = os.environ.get("RAY_ADDRESS", "").strip() or None

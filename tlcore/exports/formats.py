@@ -128,6 +128,20 @@ def write_tflite_int8(context: ExportContext, path: Path) -> dict:
     return {"top1_agreement": _agreement(path, model, context.check()), "calibration_images": len(calibration)}
 
 
+# Below this top-1 agreement with the float model, the quantised file is not a faithful copy.
+GOOD_AGREEMENT = 0.97
+
+
+def agreement_note(report: dict) -> str | None:
+    """A warning when the full-integer model often answers differently from the float one, else None."""
+    agreement = (report.get("formats", {}).get("tflite-int8") or {}).get("top1_agreement")
+    if agreement is None or agreement >= GOOD_AGREEMENT:
+        return None
+    return (f"The full-integer LiteRT model gives the same top class as the full model on only {agreement:.0%} of "
+            "the validation images: use model.tflite (float) unless the device needs integers only. "
+            "A model trained longer, or a larger backbone, usually quantises better.")
+
+
 def _agreement(path: Path, model, images: np.ndarray) -> float | None:
     """Share of `images` on which the quantised model's top class is the float model's."""
     if not len(images):

@@ -1,0 +1,465 @@
+"""A class of students against a real `streamlit run` server: throughput, responsiveness, memory, faults.
+
+Every student is a real browser context (headless Chromium through Playwright), in a workspace
+of its own. The teacher publishes a small dataset; most students pick it, a few upload a zip
+of their own; each then trains a short run. The script prints runs finished, failed and lost,
+the time until the last run finished against one run alone times the number of runs, the
+server's response times during the load, and peak memory of the server and of its workers.
+Then a fault round: a worker killed mid-training (that run fails, the next one finishes), and
+the server killed mid-training and started again (every run folder readable, each run finished
+or interrupted with a saved model).
+
+    python benchmarks/classroom.py                       # 30 students, local engine then Ray
+    python benchmarks/classroom.py --engine local --students 10
+    python benchmarks/classroom.py --smoke               # 2 students, local engine, no fault round
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+import zipfile
+from pathlib import Path
+
+from common import DATASETS, ROOT, machine_line, print_table, private_keras_home, scratch_dir
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update"]
+TEACHER_KEY = "classroom-benchmark"
+SECOND = 1000  # Playwright counts milliseconds
+
+
+def parse_args():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--students", type=int, default=30, help="browser contexts, one workspace each")
+    parser.add_argument("--uploaders", type=int, default=4, help="students who upload their own zip instead")
+    parser.add_argument("--engine", choices=("local", "ray", "both"), default="both")
+    parser.add_argument("--epochs", type=int, default=3, help="epochs of each student's run")
+    parser.add_argument("--per-class", type=int, default=20, help="images per class of the datasets")
+    parser.add_argument("--workers", type=int, default=None, help="TLCORE_WORKERS of the server")
+    parser.add_argument("--no-faults", action="store_true", help="skip the fault round")
+    parser.add_argument("--smoke", action="store_true", help="2 students, local engine, no fault round")
+    args = parser.parse_args()
+    if args.smoke:
+        args.students, args.uploaders, args.engine, args.no_faults, args.per_class = 2, 1, "local", True, 8
+    return args
+
+
+# The server and what it runs ---------------------------------------------------------------------
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+class Server:
+    """`streamlit run app.py` with its own folders; started again on the same folders after a kill."""
+
+    def __init__(self, folder: Path, engine: str, workers: int | None):
+        self.folder = folder
+        self.env = {**os.environ, "TLCORE_HOME": str(folder / "home"), "TLCORE_RUNS": str(folder / "runs"),
+                    "TLCORE_ENGINE": engine, "TLCORE_TEACHER_KEY": TEACHER_KEY, "TF_CPP_MIN_LOG_LEVEL": "2",
+                    **({"TLCORE_WORKERS": str(workers)} if workers else {})}
+        self.process = None
+        self.port = free_port()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> float:
+        """Starts the server; the seconds until it answers its health check."""
+        log = open(self.folder / "server.log", "a")
+        command = [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true",
+                   "--server.port", str(self.port), "--server.address", "127.0.0.1",
+                   "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none"]
+        started = time.perf_counter()
+        self.process = subprocess.Popen(command, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+                                        start_new_session=True)
+        while time.perf_counter() - started < 120:
+            try:
+                with urllib.request.urlopen(f"{self.url}/_stcore/health", timeout=2) as answer:
+                    if answer.read().strip() == b"ok":
+                        return time.perf_counter() - started
+            except OSError:
+                time.sleep(0.2)
+        raise RuntimeError(f"the server did not start: {(self.folder / 'server.log').read_text()[-2000:]}")
+
+    def kill(self) -> None:
+        """Kills the server alone, as `kill -9` would (its workers see it gone)."""
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait(30)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(60)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+
+
+def descendants(pid: int) -> list[int]:
+    children, queue = [], [pid]
+    while queue:
+        parent = queue.pop()
+        try:
+            found = Path(f"/proc/{parent}/task/{parent}/children").read_text().split()
+        except OSError:
+            continue
+        children += [int(p) for p in found]
+        queue += [int(p) for p in found]
+    return children
+
+
+def rss_mb(pid: int) -> float:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
+class Probe:
+    """Samples the server's memory and its answers to page requests while the class works."""
+
+    def __init__(self, server: Server):
+        self.server = server
+        self.latencies: list[float] = []
+        self.peak_server = 0.0
+        self.peak_worker = 0.0
+        self.peak_workers = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.5):
+            pid = self.server.process.pid
+            self.peak_server = max(self.peak_server, rss_mb(pid))
+            workers = [rss_mb(child) for child in descendants(pid)]
+            self.peak_worker = max([self.peak_worker, *workers])
+            self.peak_workers = max(self.peak_workers, sum(workers))
+            start = time.perf_counter()
+            try:
+                with urllib.request.urlopen(f"{self.server.url}/", timeout=30) as answer:
+                    answer.read()
+                self.latencies.append(time.perf_counter() - start)
+            except OSError:
+                self.latencies.append(float("inf"))
+
+
+# Students --------------------------------------------------------------------------------------------
+
+async def open_page(page, title: str) -> None:
+    await page.get_by_test_id("stSidebarNav").get_by_role("link", name=title, exact=True).click()
+    await page.get_by_role("heading", name=title, exact=True).first.wait_for(timeout=120 * SECOND)
+
+
+async def student(browser, url: str, upload: Path | None, epochs: int, timeout: float) -> dict:
+    """One student: opens the app, chooses a dataset, trains; what happened and when."""
+    context = await browser.new_context(viewport={"width": 1280, "height": 900})
+    page = await context.new_page()
+    page.set_default_timeout(timeout * SECOND)
+    result = {"upload": upload is not None, "run": None, "status": "lost", "seconds": None}
+    try:
+        opened = time.perf_counter()
+        await page.goto(url)
+        await page.get_by_role("heading", name="Data", exact=True).first.wait_for()
+        result["first_page"] = time.perf_counter() - opened
+        if upload is not None:
+            await page.get_by_test_id("stFileUploaderDropzoneInput").set_input_files(str(upload))
+        else:
+            await page.get_by_role("button", name="Use the teacher's dataset").click()
+        await page.get_by_text("Images per class and split").first.wait_for()
+        await open_page(page, "Train")
+        field = page.get_by_label("Epochs", exact=True)
+        await field.fill(str(epochs))
+        await field.press("Enter")
+        await page.wait_for_function(
+            "(v) => [...document.querySelectorAll('input')].some(i => i.getAttribute('aria-label') === 'Epochs' && i.value === v)",
+            arg=str(epochs))
+        clicked = time.perf_counter()
+        await page.get_by_role("button", name="Start training").click()
+        await page.wait_for_url("**job=*")
+        result["run"] = page.url.split("job=")[1].split("&")[0]
+        ended = page.get_by_text("Training finished").or_(page.get_by_text("Training failed"))
+        await ended.first.wait_for()
+        result["seconds"] = time.perf_counter() - clicked
+        result["ended_at"] = time.perf_counter()
+        result["status"] = "finished" if await page.get_by_text("Training finished").count() else "failed"
+    except Exception as error:  # noqa: BLE001  (a student who got stuck is reported as lost)
+        result["error"] = f"{type(error).__name__}: {str(error).splitlines()[0][:200]}"
+    finally:
+        await context.close()
+    return result
+
+
+async def first_visit(url: str) -> float:
+    """Seconds until the first page of a fresh server is drawn in a new browser."""
+    from playwright.async_api import async_playwright
+
+    async with async_playwright() as playwright:
+        browser = await playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            page = await browser.new_page()
+            started = time.perf_counter()
+            await page.goto(url)
+            await page.get_by_role("heading", name="Data", exact=True).first.wait_for(timeout=120 * SECOND)
+            await page.get_by_text("Use this sample").first.wait_for(timeout=120 * SECOND)
+            return time.perf_counter() - started
+        finally:
+            await browser.close()
+
+
+async def class_round(url: str, students: int, uploads: list[Path], epochs: int, timeout: float) -> list[dict]:
+    from playwright.async_api import async_playwright
+
+    async with async_playwright() as playwright:
+        browser = await playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            tasks = [student(browser, url, uploads[i] if i < len(uploads) else None, epochs, timeout)
+                     for i in range(students)]
+            return await asyncio.gather(*tasks)
+        finally:
+            await browser.close()
+
+
+# Data ---------------------------------------------------------------------------------------------------
+
+def make_zip(path: Path, offset: int, per_class: int) -> Path:
+    source = DATASETS / "horse-or-human"
+    with zipfile.ZipFile(path, "w") as archive:
+        for folder in ("horses", "humans"):
+            for image in sorted((source / folder).iterdir())[offset:offset + per_class]:
+                archive.write(image, f"{folder}/{image.name}")
+    return path
+
+
+def publish(server: Server, per_class: int) -> None:
+    """The teacher's dataset, unpacked and published as the Class page does it."""
+    os.environ.update({key: server.env[key] for key in ("TLCORE_HOME", "TLCORE_RUNS")})
+    from tlcore import workspaces
+    from tlcore.dataset import load_dataset
+
+    data = load_dataset(make_zip(server.folder / "teacher.zip", 0, per_class), work_dir=server.folder / "home")
+    workspaces.publish(server.folder / "home", "Horses or humans (from the teacher)", data.root)
+
+
+# Reading the run folders ---------------------------------------------------------------------------
+
+def run_folders(server: Server) -> list[Path]:
+    return sorted((server.folder / "runs" / "workspaces").glob("*/*/config.json"))
+
+
+def audit(server: Server) -> dict:
+    """What every run folder says: readable JSON, status, model."""
+    from tlcore.runs import read_run
+
+    found = {"readable": 0, "corrupt": 0, "by_status": {}, "without_model": []}
+    for config in run_folders(server):
+        folder = config.parent
+        try:
+            for name in ("config.json", "status.json", "history.json", "labels.json"):
+                if (folder / name).exists():
+                    json.loads((folder / name).read_text())
+            info = read_run(folder)
+        except (OSError, ValueError):
+            found["corrupt"] += 1
+            continue
+        found["readable"] += 1
+        found["by_status"][info.status] = found["by_status"].get(info.status, 0) + 1
+        if info.status in ("interrupted", "stopped", "finished") and not info.has_model:
+            found["without_model"].append((folder.name, info.status, info.message[:80]))
+    return found
+
+
+def read_history(folder: Path) -> dict:
+    try:
+        return json.loads((folder / "history.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def status_of(server: Server, run: str) -> dict:
+    for config in run_folders(server):
+        if config.parent.name == run:
+            return json.loads((config.parent / "status.json").read_text())
+    return {}
+
+
+# Rounds -----------------------------------------------------------------------------------------------
+
+def load_round(engine: str, args, folder: Path) -> dict:
+    server = Server(folder, engine, args.workers)
+    publish(server, args.per_class)
+    uploads = [make_zip(folder / f"student-{i}.zip", args.per_class * (i + 1), args.per_class)
+               for i in range(args.uploaders)]
+    figures = {"engine": engine}
+    try:
+        figures["start_s"] = server.start()
+        figures["first_visit_s"] = asyncio.run(first_visit(server.url))
+        # One student alone: the first computes the published dataset's features, the second finds them.
+        [cold] = asyncio.run(class_round(server.url, 1, [], args.epochs, 600))
+        [warm] = asyncio.run(class_round(server.url, 1, [], args.epochs, 600))
+        figures["alone_cold_s"], figures["alone_warm_s"] = cold["seconds"], warm["seconds"]
+        with Probe(server) as probe:
+            started = time.perf_counter()
+            results = asyncio.run(class_round(server.url, args.students, uploads, args.epochs, 1800))
+            ended = [r["ended_at"] for r in results if r.get("ended_at")]
+            figures["all_s"] = (max(ended) - started) if ended else None
+        figures["results"] = results
+        figures["finished"] = sum(r["status"] == "finished" for r in results)
+        figures["failed"] = sum(r["status"] == "failed" for r in results)
+        figures["lost"] = sum(r["status"] == "lost" for r in results)
+        figures["errors"] = sorted({r["error"] for r in results if r.get("error")})[:5]
+        finite = sorted(v for v in probe.latencies if v != float("inf"))
+        figures["page_median_ms"] = statistics.median(finite) * 1000 if finite else None
+        figures["page_p95_ms"] = finite[int(0.95 * (len(finite) - 1))] * 1000 if finite else None
+        figures["page_failures"] = sum(v == float("inf") for v in probe.latencies)
+        figures["first_page_median_s"] = statistics.median([r["first_page"] for r in results if "first_page" in r] or [0])
+        figures["peak_server_mb"], figures["peak_worker_mb"] = probe.peak_server, probe.peak_worker
+        figures["peak_workers_total_mb"] = probe.peak_workers
+        if not args.no_faults:
+            figures.update(fault_round(server, args))
+    finally:
+        server.stop()
+    return figures
+
+
+def fault_round(server: Server, args) -> dict:
+    figures = {}
+    # A worker killed mid-training: that run fails plainly, the next one (queued behind) finishes.
+    long_epochs = 400
+
+    async def two():
+        from playwright.async_api import async_playwright
+
+        async with async_playwright() as playwright:
+            browser = await playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+            victim = asyncio.create_task(student(browser, server.url, None, long_epochs, 900))
+            await asyncio.sleep(1)
+            other = asyncio.create_task(student(browser, server.url, None, args.epochs, 900))
+            killed = None
+            for _ in range(1200):
+                await asyncio.sleep(0.5)
+                for config in run_folders(server):
+                    status = status_of(server, config.parent.name)
+                    epochs = json.loads(config.read_text())["train"]["epochs"]
+                    if epochs == long_epochs and status.get("status") == "running" and status.get("phase") == "training":
+                        os.kill(int(status["pid"]), signal.SIGKILL)
+                        killed = config.parent.name
+                        break
+                if killed:
+                    break
+            results = await asyncio.gather(victim, other)
+            await browser.close()
+            return killed, results
+
+    killed, (victim, other) = asyncio.run(two())
+    figures["kill_worker"] = {"killed_run": killed, "victim": victim["status"], "next": other["status"],
+                              "victim_message": status_of(server, killed).get("message", "")[:160] if killed else ""}
+
+    # The server killed mid-training, then started again on the same folders.
+    async def one_long():
+        from playwright.async_api import async_playwright
+
+        async with async_playwright() as playwright:
+            browser = await playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+            task = asyncio.create_task(student(browser, server.url, None, long_epochs, 60))
+            running = []
+            for _ in range(1200):
+                await asyncio.sleep(0.5)
+                running = [config.parent.name for config in run_folders(server)
+                           if status_of(server, config.parent.name).get("status") == "running"
+                           and len(read_history(config.parent).get("loss", [])) >= 3]
+                if running:
+                    break
+            server.kill()
+            await asyncio.gather(task, return_exceptions=True)
+            await browser.close()
+            return running[0] if running else None
+
+    victim = asyncio.run(one_long())
+    time.sleep(15)  # a local worker, orphaned, saves the model so far and ends the run itself
+    if args.engine != "local":
+        time.sleep(5)
+    restart = server.start()
+    # The first page of the restarted server creates its engine, which keeps interrupted runs' checkpoints.
+    urllib.request.urlopen(f"{server.url}/", timeout=30).read()
+    asyncio.run(class_round(server.url, 1, [], 1, 300))
+    figures["kill_server"] = {"run": victim, "restart_s": restart, "after": status_of(server, victim).get("status"),
+                              "message": status_of(server, victim).get("message", "")[:200], "audit": audit(server)}
+    return figures
+
+
+def report(rounds: list[dict], args) -> None:
+    """Prints the figures of `rounds` (one per engine)."""
+    rows = []
+    for figures in rounds:
+        n = args.students
+        alone = figures.get("alone_warm_s") or 0
+        rows.append([
+            figures["engine"], n, figures["finished"], figures["failed"], figures["lost"], figures.get("all_s"),
+            alone, alone * n, (figures["all_s"] / (alone * n)) if figures.get("all_s") and alone else None,
+            figures.get("alone_cold_s"), figures["page_median_ms"], figures["page_p95_ms"],
+            figures["first_page_median_s"], figures["peak_server_mb"], figures["peak_worker_mb"],
+        ])
+    print_table(["engine", "students", "finished", "failed", "lost", "last done s", "one alone s", "alone x N s",
+                 "ratio", "alone cold s", "page ms p50", "page ms p95", "first page s", "server MB", "worker MB"],
+                rows, title=f"A class of {args.students} ({args.uploaders} upload their own zip), "
+                            f"{args.epochs} epochs each")
+    for figures in rounds:
+        print(f"first visit of a fresh {figures['engine']} server: page drawn after {figures['first_visit_s']:.2f}s")
+        if figures.get("errors"):
+            print(f"{figures['engine']}: stuck students: {figures['errors']}")
+        if figures.get("page_failures"):
+            print(f"{figures['engine']}: {figures['page_failures']} page requests failed or timed out")
+        if "kill_worker" in figures:
+            worker, server = figures["kill_worker"], figures["kill_server"]
+            print(f"{figures['engine']} fault round: worker killed during {worker['killed_run']}: that run "
+                  f"{worker['victim']} ({worker['victim_message']!r}), the next {worker['next']}")
+            audit_ = server["audit"]
+            print(f"{figures['engine']} fault round: server killed during {server['run']}, restarted in "
+                  f"{server['restart_s']:.1f}s: that run is {server['after']} ({server['message']!r}); run folders "
+                  f"readable {audit_['readable']}, corrupt {audit_['corrupt']}, by status {audit_['by_status']}, "
+                  f"ended without a model {audit_['without_model']}")
+
+
+def main():
+    args = parse_args()
+    private_keras_home()
+    print(machine_line())
+    engines = ["local", "ray"] if args.engine == "both" else [args.engine]
+    rounds = []
+    for engine in engines:
+        folder = scratch_dir(f"classroom-{engine}")
+        rounds.append(load_round(engine, args, folder))
+        if engine == "ray":
+            subprocess.run([str(Path(sys.executable).parent / "ray"), "stop", "--force"], capture_output=True)
+        report(rounds[-1:], args)  # each engine's figures as soon as they are measured
+
+
+if __name__ == "__main__":
+    main()
