@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -143,19 +144,19 @@ class Probe:
         self.peak_server = 0.0
         self.peak_worker = 0.0
         self.peak_workers = 0.0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self.sample, daemon=True)
 
     def __enter__(self):
-        self._thread.start()
+        self.thread.start()
         return self
 
     def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
+        self.stopping.set()
+        self.thread.join()
 
-    def _run(self) -> None:
-        while not self._stop.wait(0.5):
+    def sample(self) -> None:
+        while not self.stopping.wait(0.5):
             pid = self.server.process.pid
             self.peak_server = max(self.peak_server, rss_mb(pid))
             workers = [rss_mb(child) for child in descendants(pid)]
@@ -177,8 +178,9 @@ async def open_page(page, title: str) -> None:
     await page.get_by_role("heading", name=title, exact=True).first.wait_for(timeout=120 * SECOND)
 
 
-async def student(browser, url: str, upload: Path | None, epochs: int, timeout: float) -> dict:
-    """One student: opens the app, chooses a dataset, trains; what happened and when."""
+async def student(browser, url: str, upload: Path | None, epochs: int, timeout: float, shots: Path | None = None) -> dict:
+    """One student: opens the app, chooses a dataset, trains; what happened and when (a screenshot in
+    `shots` when it got stuck)."""
     context = await browser.new_context(viewport={"width": 1280, "height": 900})
     page = await context.new_page()
     page.set_default_timeout(timeout * SECOND)
@@ -211,6 +213,10 @@ async def student(browser, url: str, upload: Path | None, epochs: int, timeout: 
         result["status"] = "finished" if await page.get_by_text("Training finished").count() else "failed"
     except Exception as error:  # noqa: BLE001  (a student who got stuck is reported as lost)
         result["error"] = f"{type(error).__name__}: {str(error).splitlines()[0][:200]}"
+        if shots is not None:
+            shots.mkdir(parents=True, exist_ok=True)
+            with contextlib.suppress(Exception):
+                await page.screenshot(path=str(shots / f"stuck-{id(page)}.png"))
     finally:
         await context.close()
     return result
@@ -358,9 +364,10 @@ def fault_round(server: Server, args) -> dict:
 
         async with async_playwright() as playwright:
             browser = await playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-            victim = asyncio.create_task(student(browser, server.url, None, long_epochs, 900))
+            shots = server.folder / "stuck"
+            victim = asyncio.create_task(student(browser, server.url, None, long_epochs, 300, shots))
             await asyncio.sleep(1)
-            other = asyncio.create_task(student(browser, server.url, None, args.epochs, 900))
+            other = asyncio.create_task(student(browser, server.url, None, args.epochs, 300, shots))
             killed = None
             for _ in range(1200):
                 await asyncio.sleep(0.5)

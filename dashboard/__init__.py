@@ -133,3 +133,29 @@ def run_row(info) -> dict:
         "fine_tuned": f"after {info.fine_tuned['after']} ({info.fine_tuned['layers']} layers)" if info.fine_tuned else "",
         "created": info.created,
     }
+
+
+def run_columns() -> dict:
+    """How the columns of `run_row` are titled and drawn."""
+    return {
+        "run": st.column_config.TextColumn("Run"),
+        "status": st.column_config.TextColumn("Status"),
+        "val_accuracy": st.column_config.ProgressColumn(
+            "Validation accuracy", format="percent", min_value=0.0, max_value=1.0,
+            help="Of the saved model (the restored epoch when early stopping kept an earlier one).",
+        ),
+        "backbone": "Backbone",
+        "input_size": "Input size",
+        "cut_layer": "Cut layer",
+        "pooling": "Pooling",
+        "dense_units": "Hidden layers",
+        "dropout": "Dropout",
+        "weights": "Weights",
+        "epochs": "Epochs",
+        "optimizer": "Optimizer",
+        "learning_rate": st.column_config.NumberColumn("Learning rate", format="%g"),
+        "augment": st.column_config.CheckboxColumn("Augment"),
+        "class_weights": "Class weights",
+        "fine_tuned": st.column_config.TextColumn("Fine-tuned", help="The top of the backbone trained too, in a second stage."),
+        "created": "Started",
+    }

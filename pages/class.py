@@ -42,8 +42,7 @@ else:
     st.dataframe(
         [{"place": place, "workspace": label, **ui.run_row(info)} for place, (label, info) in enumerate(ranked, 1)],
         hide_index=True,
-        column_config={"val_accuracy": st.column_config.ProgressColumn("validation accuracy", format="percent",
-                                                                        min_value=0.0, max_value=1.0)},
+        column_config={"place": st.column_config.NumberColumn("Place"), "workspace": "Workspace", **ui.run_columns()},
     )
     names = {f"{label} · {info.name}": info for label, info in ranked}
     chosen = st.multiselect("Overlay the curves of", list(names), default=list(names)[:3], max_selections=12)

@@ -117,10 +117,19 @@ class ServedJob:
 class Slot:
     """Runs one job at a time for an engine; `run` blocks until the job has ended."""
 
+    def __init__(self):
+        self._device: str | None = None  # what the worker trains on, once it said
+        self._job: ServedJob | None = None  # the job it runs now
+        self._lock = threading.Lock()
+
     def run(self, job: ServedJob) -> None:
         raise NotImplementedError
 
     def stop(self, job: ServedJob) -> None:
+        raise NotImplementedError
+
+    def kill(self) -> None:
+        """Ends the worker at once, as an out-of-memory kill or a crashed machine would."""
         raise NotImplementedError
 
     def close(self) -> None:
@@ -128,7 +137,15 @@ class Slot:
 
     @property
     def device(self) -> str | None:
+        return self._device
+
+    @property
+    def pid(self) -> int | None:
         return None
+
+    @property
+    def job(self) -> ServedJob | None:
+        return self._job
 
 
 class Engine:
@@ -285,6 +302,19 @@ class Engine:
     def device(self) -> str | None:
         """What the workers train on (as they reported it), once one has started."""
         return next((slot.device for slot in self._slots if slot.device), None)
+
+    def worker_pids(self) -> list[int]:
+        """The process of each worker that is running (on this machine, or wherever Ray put it)."""
+        return [slot.pid for slot in self._slots if slot.pid is not None]
+
+    def kill_worker_of(self, job_id: str) -> bool:
+        """Kills the worker running `job_id`, as the system would when memory runs out (tests, benchmarks)."""
+        for slot in self._slots:
+            running = slot.job
+            if running is not None and running.run_dir.name == job_id:
+                slot.kill()
+                return True
+        return False
 
     def close(self) -> None:
         """Stops serving: queued jobs stay queued on disk (a restarted server shows them interrupted)."""

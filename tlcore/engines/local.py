@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import multiprocessing
 import os
-import threading
 
 from tlcore.config import Status
 from tlcore.engines.base import Engine, ServedJob, Slot
@@ -39,16 +38,10 @@ class WorkerProcess(Slot):
     """One worker process, started when first needed and replaced when it dies."""
 
     def __init__(self, threads: int | None = None):
+        super().__init__()
         self.threads = threads
         self._process = None
         self._conn = None
-        self._device: str | None = None
-        self._job: ServedJob | None = None
-        self._lock = threading.Lock()
-
-    @property
-    def device(self) -> str | None:
-        return self._device
 
     @property
     def pid(self) -> int | None:
@@ -114,7 +107,6 @@ class WorkerProcess(Slot):
                 pass
 
     def kill(self) -> None:
-        """Ends the process at once, as an out-of-memory kill would (for tests and the fault benchmark)."""
         with self._lock:
             if self._process is not None:
                 self._process.kill()
@@ -151,14 +143,3 @@ class LocalEngine(Engine):
         worker = WorkerProcess(self._threads_per_worker)
         worker.start()
         return worker
-
-    def worker_pids(self) -> list[int]:
-        return [slot.pid for slot in self._slots if slot.pid is not None]
-
-    def kill_worker_of(self, job_id: str) -> bool:
-        """Kills the process running `job_id`, as the system would when memory runs out."""
-        for slot in self._slots:
-            if isinstance(slot, WorkerProcess) and slot._job is not None and slot._job.run_dir.name == job_id:
-                slot.kill()
-                return True
-        return False

@@ -11,7 +11,6 @@ work exactly as with the local engine.
 from __future__ import annotations
 
 import os
-import threading
 from pathlib import Path
 
 from tlcore.config import Status
@@ -135,15 +134,9 @@ class RayActorSlot(Slot):
     """One Ray actor, made when first needed and replaced when it dies."""
 
     def __init__(self):
+        super().__init__()
         self._actor = None
-        self._device: str | None = None
         self._pid: int | None = None
-        self._job: ServedJob | None = None
-        self._lock = threading.Lock()
-
-    @property
-    def device(self) -> str | None:
-        return self._device
 
     @property
     def pid(self) -> int | None:
@@ -195,7 +188,6 @@ class RayActorSlot(Slot):
             actor.stop.remote(job.run_dir.name)
 
     def kill(self) -> None:
-        """Kills the actor at once, as a crashed machine would (for tests and the fault benchmark)."""
         import ray
 
         with self._lock:
@@ -223,16 +215,6 @@ class RayEngine(Engine):
 
     def _make_slot(self, index: int) -> RayActorSlot:
         return RayActorSlot()
-
-    def worker_pids(self) -> list[int]:
-        return [slot.pid for slot in self._slots if slot.pid is not None]
-
-    def kill_worker_of(self, job_id: str) -> bool:
-        for slot in self._slots:
-            if isinstance(slot, RayActorSlot) and slot._job is not None and slot._job.run_dir.name == job_id:
-                slot.kill()
-                return True
-        return False
 
 
 def _default_workers() -> int:
