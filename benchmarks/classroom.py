@@ -222,12 +222,19 @@ async def student(browser, url: str, upload: Path | None, epochs: int, timeout: 
     return result
 
 
+async def launch(playwright):
+    # Chromium keeps a socket in its temporary folder, whose path must stay short (a deep TMPDIR
+    # such as a test's makes it refuse to start).
+    return await playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS,
+                                            env={**os.environ, "TMPDIR": "/tmp"})
+
+
 async def first_visit(url: str) -> float:
     """Seconds until the first page of a fresh server is drawn in a new browser."""
     from playwright.async_api import async_playwright
 
     async with async_playwright() as playwright:
-        browser = await playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        browser = await launch(playwright)
         try:
             page = await browser.new_page()
             started = time.perf_counter()
@@ -243,7 +250,7 @@ async def class_round(url: str, students: int, uploads: list[Path], epochs: int,
     from playwright.async_api import async_playwright
 
     async with async_playwright() as playwright:
-        browser = await playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        browser = await launch(playwright)
         try:
             tasks = [student(browser, url, uploads[i] if i < len(uploads) else None, epochs, timeout)
                      for i in range(students)]
@@ -363,7 +370,7 @@ def fault_round(server: Server, args) -> dict:
         from playwright.async_api import async_playwright
 
         async with async_playwright() as playwright:
-            browser = await playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+            browser = await launch(playwright)
             shots = server.folder / "stuck"
             victim = asyncio.create_task(student(browser, server.url, None, long_epochs, 300, shots))
             await asyncio.sleep(1)
@@ -393,7 +400,7 @@ def fault_round(server: Server, args) -> dict:
         from playwright.async_api import async_playwright
 
         async with async_playwright() as playwright:
-            browser = await playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+            browser = await launch(playwright)
             task = asyncio.create_task(student(browser, server.url, None, long_epochs, 60))
             running = []
             for _ in range(1200):
