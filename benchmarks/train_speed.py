@@ -192,16 +192,21 @@ def main():
             if phases:
                 notes[name] = ", ".join(f"{phase} {value:.1f}s" for phase, value in phases.items())
 
+    def classic_model(settings):
+        """Keras' way: a fresh body and head on images, seeded as tlcore seeds its head; (body, compiled model)."""
+        body = build_body(model_config)
+        keras.utils.set_random_seed(settings.seed)
+        head = build_head(body.output.shape[1:], len(dataset.classes), model_config)
+        model = assemble(body, head, model_config)
+        compile_for(model, len(dataset.classes), settings)
+        return body, model
+
     def classic(augment: bool, settings=train_config, label: str | None = None):
         name = label or "classic" + (" + augmentation" if augment else "")
         fitted = {}
 
         def run():
-            classic_body = build_body(model_config)
-            keras.utils.set_random_seed(settings.seed)
-            head = build_head(classic_body.output.shape[1:], len(dataset.classes), model_config)
-            model = assemble(classic_body, head, model_config)
-            compile_for(model, len(dataset.classes), settings)
+            _, model = classic_model(settings)
             train = image_dataset(
                 dataset.train, size, settings.batch_size, shuffle_seed=settings.seed,
                 augment=augmenter(settings.seed) if augment else None,
@@ -222,11 +227,7 @@ def main():
         fitted = {}
 
         def run():
-            body = build_body(model_config)
-            keras.utils.set_random_seed(settings.seed)
-            head = build_head(body.output.shape[1:], len(dataset.classes), model_config)
-            model = assemble(body, head, model_config)
-            compile_for(model, len(dataset.classes), settings)
+            body, model = classic_model(settings)
             train = image_dataset(dataset.train, size, settings.batch_size, shuffle_seed=settings.seed)
             validation = image_dataset(dataset.validation, size, settings.batch_size)
             first = model.fit(train, validation_data=validation, epochs=settings.epochs, verbose=0)

@@ -33,9 +33,10 @@ def current_job():
 
     space = current()
     jobs = engine()
+    mine = space.runs_dir.resolve()  # once: this runs on every rerun of every page, for every job
 
     def ours(job) -> bool:
-        return job is not None and space.owns(job.run_dir)
+        return job is not None and (space.shared or job.run_dir.parent == mine)
 
     followed = jobs.get(st.session_state.get(JOB_ID) or "")
     if ours(followed) and st.session_state.get(OWNED):

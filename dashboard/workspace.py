@@ -7,7 +7,7 @@ import streamlit as st
 from tlcore import workspaces
 from tlcore.config import ModelConfig
 
-from dashboard.state import DATA_NAME, DATA_SOURCE, MODEL_CONFIG, choose_dataset
+from dashboard.state import DATA_NAME, DATA_SOURCE, MODEL_CONFIG, choose_dataset, show_model_settings
 
 WORKSPACE_PARAM = "ws"  # address-bar parameter holding the workspace's secret token
 TOKEN = "workspace_token"
@@ -62,8 +62,6 @@ def _restore(space: workspaces.Workspace) -> None:
     model = kept.get("model")
     if isinstance(model, dict) and MODEL_CONFIG not in st.session_state:
         try:
-            from dashboard.state import show_model_settings
-
             show_model_settings(ModelConfig.from_dict(model).resolved())
         except (ModelConfigError, TypeError, ValueError):
             pass

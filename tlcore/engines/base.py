@@ -218,8 +218,9 @@ class Engine:
         model_config = (model_config or ModelConfig()).resolved()
         train_config = (train_config or TrainConfig()).resolved()
         source = str(getattr(data, "root", data))
-        run = Run.create(runs_dir if runs_dir is not None else default_runs_dir(), model_config, train_config,
-                         {"source": source})
+        # An absolute run folder, so that telling whose a job is needs no file system call.
+        folder = Path(runs_dir if runs_dir is not None else default_runs_dir()).resolve()
+        run = Run.create(folder, model_config, train_config, {"source": source})
         run.mark_live(True)
         run.write_status(Status.QUEUED)
         spec = JobSpec(str(run.path.resolve()), data, model_config, train_config,
