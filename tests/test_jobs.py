@@ -11,6 +11,7 @@ import shutil
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 import zipfile
 from pathlib import Path
@@ -46,11 +47,29 @@ def engine(request):
         ray = pytest.importorskip("ray") if not os.environ.get("CI") else __import__("ray")
         from tlcore.engines.ray_engine import RayEngine
 
-        made = RayEngine(workers=1)
+        # Made on a thread that then ends, as the dashboard makes it on a Streamlit script run's.
+        made = in_a_thread_that_ends(lambda: RayEngine(workers=1))
     yield made
     made.close()
     if request.param == "ray":
         ray.shutdown()
+
+
+def in_a_thread_that_ends(make):
+    made = {}
+
+    def run():
+        try:
+            made["value"] = make()
+        except BaseException as error:  # noqa: BLE001  (raised again in the test's own thread)
+            made["error"] = error
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join()
+    if "error" in made:
+        raise made["error"]
+    return made["value"]
 
 
 def wait_for(condition, timeout=TIMEOUT):

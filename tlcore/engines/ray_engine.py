@@ -11,6 +11,7 @@ work exactly as with the local engine.
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 
 from tlcore.config import Status
@@ -62,9 +63,33 @@ def connect() -> None:
         if address:
             ray.init(address=address, **options)
         else:
-            ray.init(object_store_memory=LOCAL_OBJECT_STORE_BYTES, **options)
+            _on_a_lasting_thread(lambda: ray.init(object_store_memory=LOCAL_OBJECT_STORE_BYTES, **options))
     except (ConnectionError, RuntimeError, ValueError) as error:
         raise TransferLabError(f"Could not reach the Ray cluster at {address or 'this machine'}: {error}") from None
+
+
+def _on_a_lasting_thread(start) -> None:
+    """Calls `start` on a thread that lives as long as the process, and waits for it.
+
+    A local Ray's processes are killed when the thread that started them ends (Linux's parent
+    death signal follows the thread), and the dashboard's threads end after every script run.
+    """
+    outcome = {}
+    started = threading.Event()
+
+    def keep():
+        try:
+            start()
+        except BaseException as error:  # noqa: BLE001  (raised again on the caller's thread)
+            outcome["error"] = error
+        started.set()
+        if "error" not in outcome:
+            threading.Event().wait()
+
+    threading.Thread(target=keep, name="tlcore-ray", daemon=True).start()
+    started.wait()
+    if "error" in outcome:
+        raise outcome["error"]
 
 
 class TrainingActor:
