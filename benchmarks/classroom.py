@@ -1,17 +1,19 @@
 """A class of students against a real `streamlit run` server: throughput, responsiveness, memory, faults.
 
-Every student is a real browser context (headless Chromium through Playwright), in a workspace
-of its own. The teacher publishes a small dataset; most students pick it, a few upload a zip
-of their own; each then trains a short run. The script prints runs finished, failed and lost,
-the time until the last run finished against one run alone times the number of runs, the
-server's response times during the load, and peak memory of the server and of its workers.
-Then a fault round: a worker killed mid-training (that run fails, the next one finishes), and
-the server killed mid-training and started again (every run folder readable, each run finished
-or interrupted with a saved model).
+Every student has a private workspace. Most are simulated: each speaks the dashboard's own
+websocket protocol, as a browser tab does (`streamlit_session.py`), without the cost of a
+browser; a few more are real browser contexts (headless Chromium through Playwright), some of
+which upload a zip of their own. The teacher publishes a small dataset; the other students pick
+it; each then trains a short run. The script prints runs finished, failed and lost, the time
+until the last run finished against one run alone times the number of runs, the server's
+response times during the load, and peak memory of the server and of its workers. Then a fault
+round: a worker killed mid-training (that run fails, the next one finishes), and the server
+killed mid-training and started again (every run folder readable, each run finished or
+interrupted with a saved model).
 
-    python benchmarks/classroom.py                       # 30 students, local engine then Ray
-    python benchmarks/classroom.py --engine local --students 10
-    python benchmarks/classroom.py --smoke               # 2 students, local engine, no fault round
+    python benchmarks/classroom.py                       # 30 simulated + 4 browsers, local engine then Ray
+    python benchmarks/classroom.py --engine ray --students 10 --browsers 2
+    python benchmarks/classroom.py --smoke               # 2 simulated + 1 browser, local engine, no fault round
 """
 
 from __future__ import annotations
@@ -31,8 +33,10 @@ import time
 import urllib.request
 import zipfile
 from pathlib import Path
+from urllib.parse import parse_qs
 
 from common import DATASETS, ROOT, machine_line, print_table, private_keras_home, scratch_dir
+from streamlit_session import Session, SessionError
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -43,18 +47,28 @@ SECOND = 1000  # Playwright counts milliseconds
 
 def parse_args():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--students", type=int, default=30, help="browser contexts, one workspace each")
-    parser.add_argument("--uploaders", type=int, default=4, help="students who upload their own zip instead")
+    parser.add_argument("--students", type=int, default=30, help="simulated students, one workspace each")
+    parser.add_argument("--browsers", type=int, default=4, help="students in real browser contexts, besides")
+    parser.add_argument("--uploaders", type=int, default=2, help="browser students who upload their own zip")
     parser.add_argument("--engine", choices=("local", "ray", "both"), default="both")
     parser.add_argument("--epochs", type=int, default=3, help="epochs of each student's run")
     parser.add_argument("--per-class", type=int, default=20, help="images per class of the datasets")
     parser.add_argument("--workers", type=int, default=None, help="TLCORE_WORKERS of the server")
+    parser.add_argument("--timeout", type=float, default=1800, help="seconds a student waits for its run")
     parser.add_argument("--no-faults", action="store_true", help="skip the fault round")
-    parser.add_argument("--smoke", action="store_true", help="2 students, local engine, no fault round")
+    parser.add_argument("--smoke", action="store_true", help="2 simulated students and 1 browser, local engine, "
+                                                             "no fault round")
     args = parser.parse_args()
     if args.smoke:
-        args.students, args.uploaders, args.engine, args.no_faults, args.per_class = 2, 1, "local", True, 8
+        args.students, args.browsers, args.uploaders, args.engine = 2, 1, 1, "local"
+        args.no_faults, args.per_class, args.timeout = True, 8, 150
+    args.uploaders = min(args.uploaders, args.browsers)
     return args
+
+
+def progress(message: str) -> None:
+    """A line on stderr as each step ends, so that a slow or stuck round shows where it is."""
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
 # The server and what it runs ---------------------------------------------------------------------
@@ -178,13 +192,43 @@ async def open_page(page, title: str) -> None:
     await page.get_by_role("heading", name=title, exact=True).first.wait_for(timeout=120 * SECOND)
 
 
-async def student(browser, url: str, upload: Path | None, epochs: int, timeout: float, shots: Path | None = None) -> dict:
-    """One student: opens the app, chooses a dataset, trains; what happened and when (a screenshot in
-    `shots` when it got stuck)."""
+def new_result(kind: str) -> dict:
+    return {"kind": kind, "run": None, "status": "lost", "seconds": None}
+
+
+async def simulated_student(url: str, epochs: int, timeout: float) -> dict:
+    """A student over the websocket: picks the teacher's dataset and trains; what happened and when."""
+    result = new_result("simulated")
+    try:
+        opened = time.perf_counter()
+        async with Session(url) as session:
+            result["first_page"] = time.perf_counter() - opened
+            await session.click("Use the teacher's dataset")
+            if not session.shows("Validation images"):
+                raise SessionError("the teacher's dataset was not chosen")
+            await session.open_page("Train")
+            await session.set_number("Epochs", epochs)
+            clicked = time.perf_counter()
+            await session.click("Start training")
+            result["run"] = parse_qs(session.query).get("job", [None])[0]
+            ended = await session.wait_for_text("Training finished", "Training failed", timeout=timeout)
+            result["seconds"] = time.perf_counter() - clicked
+            result["ended_at"] = time.perf_counter()
+            result["status"] = "finished" if ended == "Training finished" else "failed"
+    except Exception as error:  # noqa: BLE001  (a student who got stuck is reported as lost)
+        result["error"] = f"{type(error).__name__}: {str(error).splitlines()[0][:200] if str(error) else ''}"
+    progress(f"simulated student: run {result['run']} {result['status']} {result.get('error', '')}")
+    return result
+
+
+async def browser_student(browser, url: str, upload: Path | None, epochs: int, timeout: float,
+                          shots: Path | None = None) -> dict:
+    """A student in a browser context: uploads `upload` (or picks the teacher's dataset) and trains;
+    what happened and when (a screenshot in `shots` when it got stuck)."""
     context = await browser.new_context(viewport={"width": 1280, "height": 900})
     page = await context.new_page()
     page.set_default_timeout(timeout * SECOND)
-    result = {"upload": upload is not None, "run": None, "status": "lost", "seconds": None}
+    result = new_result("browser")
     try:
         opened = time.perf_counter()
         await page.goto(url)
@@ -219,6 +263,7 @@ async def student(browser, url: str, upload: Path | None, epochs: int, timeout: 
                 await page.screenshot(path=str(shots / f"stuck-{id(page)}.png"))
     finally:
         await context.close()
+    progress(f"browser student: run {result['run']} {result['status']} {result.get('error', '')}")
     return result
 
 
@@ -226,7 +271,7 @@ async def launch(playwright):
     # Chromium keeps a socket in its temporary folder, whose path must stay short (a deep TMPDIR
     # such as a test's makes it refuse to start).
     return await playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS,
-                                            env={**os.environ, "TMPDIR": "/tmp"})
+                                            env={**os.environ, "TMPDIR": "/tmp"}, timeout=120 * SECOND)
 
 
 async def first_visit(url: str) -> float:
@@ -246,14 +291,20 @@ async def first_visit(url: str) -> float:
             await browser.close()
 
 
-async def class_round(url: str, students: int, uploads: list[Path], epochs: int, timeout: float) -> list[dict]:
+async def class_round(url: str, simulated: int, browsers: int, uploads: list[Path], epochs: int,
+                      timeout: float, shots: Path | None = None) -> list[dict]:
+    """`simulated` websocket students and `browsers` browser students at once, the first browsers
+    uploading `uploads`."""
+    tasks = [simulated_student(url, epochs, timeout) for _ in range(simulated)]
+    if not browsers:
+        return await asyncio.gather(*tasks)
     from playwright.async_api import async_playwright
 
     async with async_playwright() as playwright:
         browser = await launch(playwright)
         try:
-            tasks = [student(browser, url, uploads[i] if i < len(uploads) else None, epochs, timeout)
-                     for i in range(students)]
+            tasks += [browser_student(browser, url, uploads[i] if i < len(uploads) else None, epochs, timeout, shots)
+                      for i in range(browsers)]
             return await asyncio.gather(*tasks)
         finally:
             await browser.close()
@@ -332,21 +383,29 @@ def load_round(engine: str, args, folder: Path) -> dict:
     figures = {"engine": engine}
     try:
         figures["start_s"] = server.start()
+        progress(f"{engine}: server answers after {figures['start_s']:.1f}s")
         figures["first_visit_s"] = asyncio.run(first_visit(server.url))
+        progress(f"{engine}: first page drawn after {figures['first_visit_s']:.1f}s")
         # One student alone: the first computes the published dataset's features, the second finds them.
-        [cold] = asyncio.run(class_round(server.url, 1, [], args.epochs, 600))
-        [warm] = asyncio.run(class_round(server.url, 1, [], args.epochs, 600))
-        figures["alone_cold_s"], figures["alone_warm_s"] = cold["seconds"], warm["seconds"]
+        for name in ("cold", "warm"):
+            [alone] = asyncio.run(class_round(server.url, 1, 0, [], args.epochs, args.timeout))
+            if alone["status"] != "finished":
+                raise RuntimeError(f"one student alone did not finish: {alone}")
+            figures[f"alone_{name}_s"] = alone["seconds"]
+            progress(f"{engine}: one student alone ({name}) trained in {alone['seconds']:.1f}s")
         with Probe(server) as probe:
             started = time.perf_counter()
-            results = asyncio.run(class_round(server.url, args.students, uploads, args.epochs, 1800))
+            results = asyncio.run(class_round(server.url, args.students, args.browsers, uploads, args.epochs, args.timeout,
+                                              folder / "stuck"))
             ended = [r["ended_at"] for r in results if r.get("ended_at")]
             figures["all_s"] = (max(ended) - started) if ended else None
         figures["results"] = results
-        figures["finished"] = sum(r["status"] == "finished" for r in results)
-        figures["failed"] = sum(r["status"] == "failed" for r in results)
-        figures["lost"] = sum(r["status"] == "lost" for r in results)
+        for status in ("finished", "failed", "lost"):
+            figures[status] = sum(r["status"] == status for r in results)
+        figures["browsers_finished"] = sum(r["status"] == "finished" for r in results if r["kind"] == "browser")
         figures["errors"] = sorted({r["error"] for r in results if r.get("error")})[:5]
+        progress(f"{engine}: the class is done: {figures['finished']} finished, {figures['failed']} failed, "
+                 f"{figures['lost']} lost")
         finite = sorted(v for v in probe.latencies if v != float("inf"))
         figures["page_median_ms"] = statistics.median(finite) * 1000 if finite else None
         figures["page_p95_ms"] = finite[int(0.95 * (len(finite) - 1))] * 1000 if finite else None
@@ -361,78 +420,68 @@ def load_round(engine: str, args, folder: Path) -> dict:
     return figures
 
 
+def running_runs(server: Server, epochs: int, min_epochs_done: int = 0) -> list[Path]:
+    """Run folders of `epochs`-epoch runs now training, with at least `min_epochs_done` epochs done."""
+    found = []
+    for config in run_folders(server):
+        status = status_of(server, config.parent.name)
+        if (json.loads(config.read_text())["train"]["epochs"] == epochs and status.get("status") == "running"
+                and status.get("phase") == "training"
+                and len(read_history(config.parent).get("loss", [])) >= min_epochs_done):
+            found.append(config.parent)
+    return found
+
+
 def fault_round(server: Server, args) -> dict:
     figures = {}
-    # A worker killed mid-training: that run fails plainly, the next one (queued behind) finishes.
     long_epochs = 400
 
-    async def two():
-        from playwright.async_api import async_playwright
+    # A worker killed mid-training: that run fails plainly, the next one (queued behind) finishes.
+    async def kill_a_worker():
+        victim = asyncio.create_task(simulated_student(server.url, long_epochs, 300))
+        await asyncio.sleep(1)
+        other = asyncio.create_task(simulated_student(server.url, args.epochs, 300))
+        for _ in range(600):
+            await asyncio.sleep(0.5)
+            if running := running_runs(server, long_epochs):
+                os.kill(int(status_of(server, running[0].name)["pid"]), signal.SIGKILL)
+                return running[0].name, await asyncio.gather(victim, other)
+        return None, await asyncio.gather(victim, other)
 
-        async with async_playwright() as playwright:
-            browser = await launch(playwright)
-            shots = server.folder / "stuck"
-            victim = asyncio.create_task(student(browser, server.url, None, long_epochs, 300, shots))
-            await asyncio.sleep(1)
-            other = asyncio.create_task(student(browser, server.url, None, args.epochs, 300, shots))
-            killed = None
-            for _ in range(1200):
-                await asyncio.sleep(0.5)
-                for config in run_folders(server):
-                    status = status_of(server, config.parent.name)
-                    epochs = json.loads(config.read_text())["train"]["epochs"]
-                    if epochs == long_epochs and status.get("status") == "running" and status.get("phase") == "training":
-                        os.kill(int(status["pid"]), signal.SIGKILL)
-                        killed = config.parent.name
-                        break
-                if killed:
-                    break
-            results = await asyncio.gather(victim, other)
-            await browser.close()
-            return killed, results
-
-    killed, (victim, other) = asyncio.run(two())
+    killed, (victim, other) = asyncio.run(kill_a_worker())
     figures["kill_worker"] = {"killed_run": killed, "victim": victim["status"], "next": other["status"],
                               "victim_message": status_of(server, killed).get("message", "")[:160] if killed else ""}
+    progress(f"fault round: worker killed during {killed}: that run {victim['status']}, the next {other['status']}")
 
-    # The server killed mid-training, then started again on the same folders.
-    async def one_long():
-        from playwright.async_api import async_playwright
+    # The server killed mid-training (after a few epochs), then started again on the same folders.
+    async def kill_the_server():
+        student = asyncio.create_task(simulated_student(server.url, long_epochs, 300))
+        running = []
+        for _ in range(1200):
+            await asyncio.sleep(0.5)
+            if running := running_runs(server, long_epochs, min_epochs_done=3):
+                break
+        server.kill()
+        await asyncio.gather(student, return_exceptions=True)
+        return running[0].name if running else None
 
-        async with async_playwright() as playwright:
-            browser = await launch(playwright)
-            task = asyncio.create_task(student(browser, server.url, None, long_epochs, 60))
-            running = []
-            for _ in range(1200):
-                await asyncio.sleep(0.5)
-                running = [config.parent.name for config in run_folders(server)
-                           if status_of(server, config.parent.name).get("status") == "running"
-                           and len(read_history(config.parent).get("loss", [])) >= 3]
-                if running:
-                    break
-            server.kill()
-            await asyncio.gather(task, return_exceptions=True)
-            await browser.close()
-            return running[0] if running else None
-
-    victim = asyncio.run(one_long())
+    victim = asyncio.run(kill_the_server())
     time.sleep(15)  # a local worker, orphaned, saves the model so far and ends the run itself
-    if args.engine != "local":
-        time.sleep(5)
     restart = server.start()
     # The first page of the restarted server creates its engine, which keeps interrupted runs' checkpoints.
-    urllib.request.urlopen(f"{server.url}/", timeout=30).read()
-    asyncio.run(class_round(server.url, 1, [], 1, 300))
+    [after] = asyncio.run(class_round(server.url, 1, 0, [], 1, 300))
     figures["kill_server"] = {"run": victim, "restart_s": restart, "after": status_of(server, victim).get("status"),
-                              "message": status_of(server, victim).get("message", "")[:200], "audit": audit(server)}
+                              "message": status_of(server, victim).get("message", "")[:200], "audit": audit(server),
+                              "next_run": after["status"]}
+    progress(f"fault round: server killed during {victim}, restarted; that run is {figures['kill_server']['after']}")
     return figures
 
 
 def report(rounds: list[dict], args) -> None:
     """Prints the figures of `rounds` (one per engine)."""
     rows = []
+    n = args.students + args.browsers
     for figures in rounds:
-        n = args.students
         alone = figures.get("alone_warm_s") or 0
         rows.append([
             figures["engine"], n, figures["finished"], figures["failed"], figures["lost"], figures.get("all_s"),
@@ -442,10 +491,12 @@ def report(rounds: list[dict], args) -> None:
         ])
     print_table(["engine", "students", "finished", "failed", "lost", "last done s", "one alone s", "alone x N s",
                  "ratio", "alone cold s", "page ms p50", "page ms p95", "first page s", "server MB", "worker MB"],
-                rows, title=f"A class of {args.students} ({args.uploaders} upload their own zip), "
-                            f"{args.epochs} epochs each")
+                rows, title=f"A class of {n}: {args.students} simulated, {args.browsers} in browsers "
+                            f"({args.uploaders} upload their own zip), {args.epochs} epochs each")
     for figures in rounds:
         print(f"first visit of a fresh {figures['engine']} server: page drawn after {figures['first_visit_s']:.2f}s")
+        print(f"{figures['engine']}: browser students finished {figures['browsers_finished']} of {args.browsers}; "
+              f"all workers together peaked at {figures['peak_workers_total_mb']:.0f} MB")
         if figures.get("errors"):
             print(f"{figures['engine']}: stuck students: {figures['errors']}")
         if figures.get("page_failures"):
@@ -458,7 +509,7 @@ def report(rounds: list[dict], args) -> None:
             print(f"{figures['engine']} fault round: server killed during {server['run']}, restarted in "
                   f"{server['restart_s']:.1f}s: that run is {server['after']} ({server['message']!r}); run folders "
                   f"readable {audit_['readable']}, corrupt {audit_['corrupt']}, by status {audit_['by_status']}, "
-                  f"ended without a model {audit_['without_model']}")
+                  f"ended without a model {audit_['without_model']}; a run after the restart {server['next_run']}")
 
 
 def main():

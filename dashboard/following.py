@@ -38,10 +38,15 @@ def current_job():
     def ours(job) -> bool:
         return job is not None and (space.shared or job.run_dir.parent == mine)
 
-    followed = jobs.get(st.session_state.get(JOB_ID) or "")
+    def named(name) -> object:
+        """This workspace's job of that run name (the engine knows jobs by their folder's path)."""
+        name = str(name or "")[:200]
+        return jobs.get(str(mine / name)) if RUN_NAME.fullmatch(name) else None
+
+    followed = named(st.session_state.get(JOB_ID))
     if ours(followed) and st.session_state.get(OWNED):
         return followed
-    from_address = jobs.get(str(st.query_params.get(JOB_PARAM, ""))[:200])
+    from_address = named(st.query_params.get(JOB_PARAM, ""))
     if ours(from_address):
         adopt(from_address)
         return from_address
@@ -95,7 +100,7 @@ def job_line(job, state) -> str:
 
     if state.status == Status.QUEUED:
         jobs = engine()
-        place = jobs.position(job.run_dir.name)
+        place = jobs.position(job.id)
         ahead = f"{place - 1} training(s) ahead of it" if place else "starting"
         return f"Waiting in line: {ahead}. This server trains {jobs.workers} at a time."
     if state.status == Status.RUNNING:

@@ -40,8 +40,8 @@ def live() -> None:
         st.rerun()
     if state.status == Status.QUEUED:
         jobs = engine()
-        place = jobs.position(job.run_dir.name)
-        start = jobs.estimated_start(job.run_dir.name)
+        place = jobs.position(job.id)
+        start = jobs.estimated_start(job.id)
         when = f" It should start in about {duration(start)}." if start else ""
         st.info(
             f"Your training is waiting in line, place {place}. This server trains {jobs.workers} at a time; "
@@ -60,7 +60,7 @@ def live() -> None:
         st.caption("This training was started by someone else (or in another browser tab). "
                    "Start yours above: it waits in line and begins as soon as this one ends.")
     elif st.button("Stop training", icon=":material/stop_circle:", key="stop"):
-        engine().stop(job.run_dir.name)
+        engine().stop(job.id)
         st.toast("Stopping after the current batch; the model trained so far is kept.")
     curves(state.history)
 

@@ -286,6 +286,10 @@ class FakeJob:
         self.train_config = TrainConfig(epochs=state.get("epochs", 10)).resolved()
         self.run_folder = runs.Run(run_dir)
 
+    @property
+    def id(self):
+        return str(self.run_dir)
+
     def snapshot(self):
         return self.state
 
@@ -297,7 +301,7 @@ class FakeManager:
         self.job, self.place, self.stopped, self.submitted = job, position, [], []
 
     def get(self, job_id):
-        return self.job if self.job and job_id == self.job.run_dir.name else None
+        return self.job if self.job and job_id == self.job.id else None
 
     def active(self):
         return self.job if self.job and self.job.state.status == runs.RUNNING else None
@@ -400,7 +404,7 @@ def test_train_page_shows_a_refused_start_as_a_message(dirs, fake_manager):
 def running_job(tmp_path) -> FakeJob:
     history = {"loss": [0.6, 0.4], "accuracy": [0.7, 0.8], "val_loss": [0.5, 0.45], "val_accuracy": [0.75, 0.8]}
     return FakeJob(
-        tmp_path / "run-1", status=runs.RUNNING, phase="training", epoch=2, epochs=5, step=3, steps=10,
+        tmp_path / "runs" / "run-1", status=runs.RUNNING, phase="training", epoch=2, epochs=5, step=3, steps=10,
         eta_seconds=4.0, history=history,
     )
 
@@ -424,7 +428,7 @@ def test_train_page_reattaches_after_a_reload_and_stops_the_job(dirs, fake_manag
     figure = json.loads(charts[0].proto.spec)
     assert [len(trace["x"]) for trace in figure["data"]] == [2, 2]
     at.button(key="stop").click().run()
-    assert fake_manager.stopped == ["run-1"]
+    assert fake_manager.stopped == [fake_manager.job.id]
     # Opening another page keeps the training in the address bar, for the next reload.
     at.switch_page("pages/data.py").run()
     assert at.query_params["job"] == "run-1"

@@ -3,6 +3,7 @@
 Each test runs on the local engine and on the Ray engine (a local Ray cluster on this machine).
 """
 
+import datetime
 import io
 import os
 import re
@@ -13,6 +14,7 @@ import sys
 import textwrap
 import threading
 import time
+import types
 import zipfile
 from pathlib import Path
 
@@ -97,27 +99,48 @@ def test_a_training_runs_in_a_worker_process_not_in_the_server(engine, tiny, rea
 def test_second_job_waits_for_the_first_then_runs(engine, tiny, real_weights, tmp_path):
     first = engine.submit(tiny, CONFIG, TrainConfig(epochs=40), runs_dir=tmp_path / "runs", work_dir=tmp_path / "w")
     second = engine.submit(tiny, CONFIG, TrainConfig(epochs=1), runs_dir=tmp_path / "runs", work_dir=tmp_path / "w")
-    assert engine.position(second.run_dir.name) in (1, 2)
-    assert engine.estimated_start(second.run_dir.name) > 0
+    assert engine.position(second.id) in (1, 2)
+    assert engine.estimated_start(second.id) > 0
     assert runs.read_run(second.run_dir).status == runs.QUEUED
     assert engine.jobs()[-2:] == [first, second]
     assert wait_for(lambda: first.snapshot().epoch >= 1)
-    engine.stop(first.run_dir.name)
+    engine.stop(first.id)
     assert engine.wait_idle(timeout=TIMEOUT)
     assert first.status == runs.STOPPED and second.status == runs.FINISHED
     assert runs.Run(first.run_dir).has_model, "a stopped training keeps its model"
-    assert engine.position(second.run_dir.name) is None and engine.estimated_start(second.run_dir.name) is None
-    assert engine.get(second.run_dir.name) is second
+    assert engine.position(second.id) is None and engine.estimated_start(second.id) is None
+    assert engine.get(second.id) is second
 
 
 def test_a_waiting_job_can_be_cancelled(engine, tiny, real_weights, tmp_path):
     first = engine.submit(tiny, CONFIG, TrainConfig(epochs=40), runs_dir=tmp_path / "runs", work_dir=tmp_path / "w")
     waiting = engine.submit(tiny, CONFIG, TrainConfig(epochs=1), runs_dir=tmp_path / "runs", work_dir=tmp_path / "w")
-    engine.stop(waiting.run_dir.name)
+    engine.stop(waiting.id)
     assert runs.read_run(waiting.run_dir).status == runs.STOPPED
-    engine.stop(first.run_dir.name)
+    engine.stop(first.id)
     assert engine.wait_idle(timeout=TIMEOUT)
     assert waiting.snapshot().history == {}
+
+
+class OneSecond(datetime.datetime):
+    """A clock stopped at one second: every run folder made now gets the same name."""
+
+    @classmethod
+    def now(cls, tz=None):
+        return cls(2026, 12, 1, 9, 0, 0, tzinfo=tz)
+
+
+def test_runs_of_two_workspaces_started_in_the_same_second_stay_apart(engine, tiny, real_weights, tmp_path,
+                                                                      monkeypatch):
+    monkeypatch.setattr(runs, "_dt", types.SimpleNamespace(datetime=OneSecond))
+    mine = engine.submit(tiny, CONFIG, TrainConfig(epochs=1), runs_dir=tmp_path / "ws-a", work_dir=tmp_path / "w")
+    theirs = engine.submit(tiny, CONFIG, TrainConfig(epochs=1), runs_dir=tmp_path / "ws-b", work_dir=tmp_path / "w")
+    assert mine.run_dir.name == theirs.run_dir.name and mine.id != theirs.id
+    assert engine.get(mine.id) is mine and engine.get(theirs.id) is theirs
+    assert engine.jobs()[-2:] == [mine, theirs]
+    engine.stop(theirs.id)
+    assert mine.wait(TIMEOUT).status == Status.FINISHED and theirs.wait(TIMEOUT).status == Status.STOPPED
+    assert runs.read_run(mine.run_dir).status == runs.FINISHED
 
 
 def test_a_worker_that_dies_fails_its_run_plainly_and_is_replaced(engine, tiny, real_weights, tmp_path, monkeypatch):
@@ -126,7 +149,7 @@ def test_a_worker_that_dies_fails_its_run_plainly_and_is_replaced(engine, tiny, 
     after = engine.submit(tiny, CONFIG, TrainConfig(epochs=1), runs_dir=tmp_path / "runs", work_dir=tmp_path / "w")
     assert wait_for(lambda: doomed.snapshot().epoch >= 2)
     old = engine.worker_pids()
-    assert engine.kill_worker_of(doomed.run_dir.name)
+    assert engine.kill_worker_of(doomed.id)
     assert after.wait(TIMEOUT).status == Status.FINISHED, "the next training runs on a new worker"
     state = doomed.snapshot()
     assert state.status == Status.FAILED and state.message.startswith(WORKER_DIED)

@@ -70,6 +70,12 @@ class ServedJob:
         return self.run_folder.path
 
     @property
+    def id(self) -> str:
+        """The engine's name for the job: its run folder's absolute path (run folders of different
+        workspaces may share a name, when two students start in the same second)."""
+        return str(self.run_dir)
+
+    @property
     def status(self) -> Status:
         return self.snapshot().status
 
@@ -107,7 +113,7 @@ class ServedJob:
         self._ended.set()
 
     def stop(self) -> None:
-        self._engine.stop(self.run_dir.name)
+        self._engine.stop(self.id)
 
     def wait(self, timeout: float | None = None) -> JobState:
         self._ended.wait(timeout)
@@ -151,8 +157,9 @@ class Slot:
 class Engine:
     """A queue of trainings served by `workers` slots, oldest first.
 
-    Front ends submit, then poll `get(job_id)`; a job's id is its run folder's name. A queued job
-    is told its place (`position`) and an estimated start (`estimated_start`).
+    Front ends submit, then poll `get(job_id)`; a job's id (`ServedJob.id`) is its run folder's
+    absolute path, see `job_id`. A queued job is told its place (`position`) and an estimated
+    start (`estimated_start`).
     """
 
     name = "engine"
@@ -190,14 +197,14 @@ class Engine:
                 if self._closed:
                     return
                 job = self._queue.popleft()
-                self._running[job.run_dir.name] = (job, time.time())
+                self._running[job.id] = (job, time.time())
             try:
                 slot.run(job)
             except Exception as error:  # noqa: BLE001  (a slot's failure fails its job, never the server)
                 job.end(Status.FAILED, f"Training failed: the training worker could not run it ({type(error).__name__}).")
             finally:
                 with self._condition:
-                    _, started = self._running.pop(job.run_dir.name, (None, time.time()))
+                    _, started = self._running.pop(job.id, (None, time.time()))
                     if job.snapshot().status == Status.FINISHED:
                         self._durations.append(time.time() - started)
                     self._condition.notify_all()
@@ -227,7 +234,7 @@ class Engine:
                        str(Path(work_dir if work_dir is not None else default_work_dir()).resolve()), forwarded_env())
         job = ServedJob(spec, run, self)
         with self._condition:
-            self._jobs[run.name] = job
+            self._jobs[job.id] = job
             self._queue.append(job)
             self._ensure_slots()
             self._condition.notify_all()
@@ -258,7 +265,7 @@ class Engine:
             if job_id in self._running:
                 return 0
             for place, job in enumerate(self._queue, start=1):
-                if job.run_dir.name == job_id:
+                if job.id == job_id:
                     return place
         return None
 
@@ -268,7 +275,7 @@ class Engine:
         with self._condition:
             if job_id in self._running:
                 return 0.0
-            names = [job.run_dir.name for job in self._queue]
+            names = [job.id for job in self._queue]
             if job_id not in names:
                 return None
             typical = statistics.median(self._durations) if self._durations else DEFAULT_JOB_SECONDS
@@ -312,7 +319,7 @@ class Engine:
         """Kills the worker running `job_id`, as the system would when memory runs out (tests, benchmarks)."""
         for slot in self._slots:
             running = slot.job
-            if running is not None and running.run_dir.name == job_id:
+            if running is not None and running.id == job_id:
                 slot.kill()
                 return True
         return False
