@@ -127,15 +127,16 @@ class Server:
 
 
 def descendants(pid: int) -> list[int]:
+    """Every process started under `pid`, by any of its threads (Ray's are started by one of its own)."""
     children, queue = [], [pid]
     while queue:
         parent = queue.pop()
-        try:
-            found = Path(f"/proc/{parent}/task/{parent}/children").read_text().split()
-        except OSError:
-            continue
-        children += [int(p) for p in found]
-        queue += [int(p) for p in found]
+        found = []
+        for task in Path(f"/proc/{parent}/task").glob("*"):
+            with contextlib.suppress(OSError):
+                found += [int(p) for p in (task / "children").read_text().split()]
+        children += found
+        queue += found
     return children
 
 

@@ -43,11 +43,55 @@ def resources() -> dict:
 
 
 def connect() -> None:
-    """Joins `$RAY_ADDRESS`, or starts a local Ray on this machine, once per process.
+    """Joins `$RAY_ADDRESS`, or starts a local Ray on this machine, once per process; waits until done.
 
     Raises:
         TransferLabError: Ray is not installed, or the cluster cannot be reached.
     """
+    _connection().wait()
+
+
+class _Connection:
+    """Joins or starts the cluster on a thread of its own, which then lives as long as the process.
+
+    A local Ray's processes are killed when the thread that started them ends (Linux's parent
+    death signal follows the thread), and the dashboard's threads end after every script run.
+    Starting in the background also lets the first page draw before Ray has started.
+    """
+
+    def __init__(self):
+        self._done = threading.Event()
+        self._error: BaseException | None = None
+        threading.Thread(target=self._keep, name="tlcore-ray", daemon=True).start()
+
+    def _keep(self) -> None:
+        try:
+            _join_or_start()
+        except BaseException as error:  # noqa: BLE001  (raised again to whoever waits)
+            self._error = error
+        self._done.set()
+        if self._error is None:
+            threading.Event().wait()
+
+    def wait(self) -> None:
+        self._done.wait()
+        if self._error is not None:
+            raise self._error
+
+
+_CONNECTION: _Connection | None = None
+_CONNECTION_LOCK = threading.Lock()
+
+
+def _connection() -> _Connection:
+    global _CONNECTION
+    with _CONNECTION_LOCK:
+        if _CONNECTION is None:
+            _CONNECTION = _Connection()
+        return _CONNECTION
+
+
+def _join_or_start() -> None:
     try:
         import ray
     except ImportError:
@@ -63,33 +107,9 @@ def connect() -> None:
         if address:
             ray.init(address=address, **options)
         else:
-            _on_a_lasting_thread(lambda: ray.init(object_store_memory=LOCAL_OBJECT_STORE_BYTES, **options))
+            ray.init(object_store_memory=LOCAL_OBJECT_STORE_BYTES, **options)
     except (ConnectionError, RuntimeError, ValueError) as error:
         raise TransferLabError(f"Could not reach the Ray cluster at {address or 'this machine'}: {error}") from None
-
-
-def _on_a_lasting_thread(start) -> None:
-    """Calls `start` on a thread that lives as long as the process, and waits for it.
-
-    A local Ray's processes are killed when the thread that started them ends (Linux's parent
-    death signal follows the thread), and the dashboard's threads end after every script run.
-    """
-    outcome = {}
-    started = threading.Event()
-
-    def keep():
-        try:
-            start()
-        except BaseException as error:  # noqa: BLE001  (raised again on the caller's thread)
-            outcome["error"] = error
-        started.set()
-        if "error" not in outcome:
-            threading.Event().wait()
-
-    threading.Thread(target=keep, name="tlcore-ray", daemon=True).start()
-    started.wait()
-    if "error" in outcome:
-        raise outcome["error"]
 
 
 class TrainingActor:
@@ -233,10 +253,20 @@ class RayEngine(Engine):
     name = "ray"
 
     def __init__(self, workers: int | None = None):
+        super().__init__(workers or 1)
+        self._workers_known = workers is not None
+        _connection()  # starts now, in the background: the first page need not wait for Ray
+
+    def submit(self, *args, **kwargs) -> ServedJob:
+        """As `Engine.submit`, once the cluster is reached (the first time, it may take seconds).
+
+        Raises:
+            TransferLabError: Ray is not installed, or the cluster cannot be reached.
+        """
         connect()
-        if workers is None:
-            workers = _default_workers()
-        super().__init__(workers)
+        if not self._workers_known:
+            self.workers, self._workers_known = _default_workers(), True
+        return super().submit(*args, **kwargs)
 
     def _make_slot(self, index: int) -> RayActorSlot:
         return RayActorSlot()
