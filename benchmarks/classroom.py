@@ -367,11 +367,22 @@ def read_history(folder: Path) -> dict:
         return {}
 
 
-def status_of(server: Server, run: str) -> dict:
-    for config in run_folders(server):
-        if config.parent.name == run:
-            return json.loads((config.parent / "status.json").read_text())
-    return {}
+def status_of(folder: Path) -> dict:
+    """What a run folder's status file says now."""
+    try:
+        return json.loads((folder / "status.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def ended_as(folder: Path | None) -> tuple[str | None, str]:
+    """How a run reads back in the app (a run whose process is gone reads as interrupted)."""
+    from tlcore.runs import read_run
+
+    if folder is None:
+        return None, ""
+    info = read_run(folder)
+    return info.status, info.message[:200]
 
 
 # Rounds -----------------------------------------------------------------------------------------------
@@ -425,7 +436,7 @@ def running_runs(server: Server, epochs: int, min_epochs_done: int = 0) -> list[
     """Run folders of `epochs`-epoch runs now training, with at least `min_epochs_done` epochs done."""
     found = []
     for config in run_folders(server):
-        status = status_of(server, config.parent.name)
+        status = status_of(config.parent)
         if (json.loads(config.read_text())["train"]["epochs"] == epochs and status.get("status") == "running"
                 and status.get("phase") == "training"
                 and len(read_history(config.parent).get("loss", [])) >= min_epochs_done):
@@ -445,14 +456,15 @@ def fault_round(server: Server, args) -> dict:
         for _ in range(600):
             await asyncio.sleep(0.5)
             if running := running_runs(server, long_epochs):
-                os.kill(int(status_of(server, running[0].name)["pid"]), signal.SIGKILL)
-                return running[0].name, await asyncio.gather(victim, other)
+                os.kill(int(status_of(running[0])["pid"]), signal.SIGKILL)
+                return running[0], await asyncio.gather(victim, other)
         return None, await asyncio.gather(victim, other)
 
     killed, (victim, other) = asyncio.run(kill_a_worker())
-    figures["kill_worker"] = {"killed_run": killed, "victim": victim["status"], "next": other["status"],
-                              "victim_message": status_of(server, killed).get("message", "")[:160] if killed else ""}
-    progress(f"fault round: worker killed during {killed}: that run {victim['status']}, the next {other['status']}")
+    figures["kill_worker"] = {"killed_run": killed.name if killed else None, "victim": victim["status"],
+                              "next": other["status"], "victim_message": ended_as(killed)[1][:160]}
+    progress(f"fault round: worker killed during {figures['kill_worker']['killed_run']}: that run "
+             f"{victim['status']}, the next {other['status']}")
 
     # The server killed mid-training (after a few epochs), then started again on the same folders.
     async def kill_the_server():
@@ -464,17 +476,19 @@ def fault_round(server: Server, args) -> dict:
                 break
         server.kill()
         await asyncio.gather(student, return_exceptions=True)
-        return running[0].name if running else None
+        return running[0] if running else None
 
     victim = asyncio.run(kill_the_server())
     time.sleep(15)  # a local worker, orphaned, saves the model so far and ends the run itself
     restart = server.start()
     # The first page of the restarted server creates its engine, which keeps interrupted runs' checkpoints.
     [after] = asyncio.run(class_round(server.url, 1, 0, [], 1, 300))
-    figures["kill_server"] = {"run": victim, "restart_s": restart, "after": status_of(server, victim).get("status"),
-                              "message": status_of(server, victim).get("message", "")[:200], "audit": audit(server),
+    after_status, after_message = ended_as(victim)
+    figures["kill_server"] = {"run": victim.name if victim else None, "restart_s": restart, "after": after_status,
+                              "message": after_message, "audit": audit(server),
                               "next_run": after["status"]}
-    progress(f"fault round: server killed during {victim}, restarted; that run is {figures['kill_server']['after']}")
+    progress(f"fault round: server killed during {figures['kill_server']['run']}, restarted; that run is "
+             f"{figures['kill_server']['after']}")
     return figures
 
 

@@ -161,6 +161,19 @@ def test_a_worker_that_dies_fails_its_run_plainly_and_is_replaced(engine, tiny, 
     assert engine.worker_pids() and engine.worker_pids() != old
 
 
+def test_the_first_epoch_is_always_checkpointed_then_at_most_every_few_seconds():
+    from tlcore.training.callbacks import Checkpoint
+
+    saved = []
+    folder = types.SimpleNamespace(save_checkpoint=lambda model, epoch: saved.append(epoch))
+    job = types.SimpleNamespace(run_folder=folder, state=types.SimpleNamespace(epoch=0))
+    checkpoint = Checkpoint(types.SimpleNamespace(model=object(), job=job), seconds=3600)
+    for epoch in range(3):
+        job.state.epoch = epoch + 1
+        checkpoint.on_epoch_end(epoch)
+    assert saved == [1], "a training killed after its first epoch, however quick, still leaves a model"
+
+
 SERVER = textwrap.dedent("""
     import sys, time
     from tlcore.engines.local import LocalEngine

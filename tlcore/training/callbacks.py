@@ -115,20 +115,22 @@ class RescueWeights(keras.callbacks.Callback):
 
 
 class Checkpoint(keras.callbacks.Callback):
-    """Saves the assembled model to the run folder after an epoch, at most every `seconds`.
+    """Saves the assembled model to the run folder after the first epoch, then after an epoch at
+    most every `seconds` (so an epoch longer than that is always saved).
 
     A training whose process is killed outright (out of memory, a server killed with its
-    workers) then still leaves the model of a recent epoch; see `Run.keep_checkpoint`.
+    workers) then still leaves the model of a recent epoch; see `Run.keep_checkpoint`. Saving
+    takes a while next to an epoch on cached features, hence not after every quick one.
     """
 
     def __init__(self, ctx, seconds: float):
         super().__init__()
         self.ctx = ctx
         self.seconds = seconds
-        self.last = time.monotonic()
+        self.last: float | None = None
 
     def on_epoch_end(self, epoch, logs=None):
-        if self.ctx.model is None or time.monotonic() - self.last < self.seconds:
+        if self.ctx.model is None or (self.last is not None and time.monotonic() - self.last < self.seconds):
             return
         job = self.ctx.job
         job.run_folder.save_checkpoint(self.ctx.model, job.state.epoch)
