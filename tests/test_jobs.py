@@ -90,6 +90,7 @@ def test_a_training_runs_in_a_worker_process_not_in_the_server(engine, tiny, rea
     assert len(state.history["val_accuracy"]) == 2 and state.classes == ("horses", "humans")
     recorded = runs.read_json(job.run_dir / "status.json", {})
     assert recorded["pid"] in engine.worker_pids() and recorded["pid"] != os.getpid()
+    assert runs.Run(job.run_dir).config["data"]["source"] == str(tiny), "a dataset given as a Path is recorded"
     assert runs.read_run(job.run_dir).status == runs.FINISHED and runs.Run(job.run_dir).has_model
     assert "tensorflow" not in sys.modules or engine.device() == "CPU", "the worker reports its device"
     names = zipfile.ZipFile(io.BytesIO(runs.Run(job.run_dir).bundle())).namelist()
@@ -120,6 +121,21 @@ def test_a_waiting_job_can_be_cancelled(engine, tiny, real_weights, tmp_path):
     engine.stop(first.id)
     assert engine.wait_idle(timeout=TIMEOUT)
     assert waiting.snapshot().history == {}
+
+
+def test_a_ray_worker_without_the_servers_files_gets_them_with_the_job(engine, tiny, real_weights, tmp_path,
+                                                                       monkeypatch):
+    if engine.name != "ray":
+        pytest.skip("local workers always share the server's files")
+    monkeypatch.setenv("TLCORE_RAY_SHARED_FILES", "no")  # as on a machine without a shared file system
+    job = engine.submit(tiny, CONFIG, TrainConfig(epochs=2), runs_dir=tmp_path / "runs", work_dir=tmp_path / "w")
+    state = job.wait(TIMEOUT)
+    assert state.status == Status.FINISHED, state.message
+    recorded = runs.read_run(job.run_dir)
+    assert recorded.status == runs.FINISHED and recorded.classes == ("horses", "humans")
+    assert len(runs.Run(job.run_dir).history().metrics["val_accuracy"]) == 2
+    assert runs.Run(job.run_dir).load_model() is not None, "the model came back into the server's run folder"
+    assert not (tmp_path / "w").exists(), "the worker computed its features in a folder of its own"
 
 
 class OneSecond(datetime.datetime):

@@ -147,6 +147,12 @@ class Dataset:
         return name if name else _relative_name(Path(path), Path(self.root))
 
 
+def data_source(data) -> str:
+    """The folder a training's data comes from: a path as given, or a `Dataset`'s root (a `Path`
+    has a `root` attribute of its own, "/", so the test is on the type)."""
+    return str(data) if isinstance(data, (str, os.PathLike)) else str(data.root)
+
+
 def default_work_dir() -> Path:
     """The folder where unpacked zips, converted images, checks and features are kept.
 

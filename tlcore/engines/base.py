@@ -220,11 +220,11 @@ class Engine:
         Raises:
             ModelConfigError: a setting that cannot be used.
         """
-        from tlcore.dataset import default_work_dir
+        from tlcore.dataset import data_source, default_work_dir
 
         model_config = (model_config or ModelConfig()).resolved()
         train_config = (train_config or TrainConfig()).resolved()
-        source = str(getattr(data, "root", data))
+        source = data_source(data)
         # An absolute run folder, so that telling whose a job is needs no file system call.
         folder = Path(runs_dir if runs_dir is not None else default_runs_dir()).resolve()
         run = Run.create(folder, model_config, train_config, {"source": source})

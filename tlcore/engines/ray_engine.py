@@ -3,15 +3,24 @@
 Chosen with `TLCORE_ENGINE=ray`. The cluster is `$RAY_ADDRESS`, or a local one the server
 starts. Every training asks for `TLCORE_RAY_CPUS` CPUs (default 1) and `TLCORE_RAY_GPUS` GPUs
 (default 0; a fraction such as 0.25 shares a GPU, and TensorFlow is then held to that share of
-its memory). Actors write into the run folder the server made, so workers on other machines
-need `TLCORE_RUNS` and `TLCORE_HOME` at the same paths (a shared file system); the pages then
-work exactly as with the local engine.
+its memory). Where an actor sees the server's files (the same machine, or `TLCORE_RUNS` and
+`TLCORE_HOME` at the same paths on a shared file system) it reads the dataset and writes into
+the run folder the server made. Where it does not, the dataset is sent with the job and the
+finished run folder comes back, into the server's run folder: the pages work the same either
+way. `TLCORE_RAY_SHARED_FILES` says which: `auto` (the default: asked of each actor), `yes` or
+`no`.
 """
 
 from __future__ import annotations
 
+import io
 import os
+import secrets
+import shutil
+import tempfile
 import threading
+import zipfile
+from dataclasses import replace
 from pathlib import Path
 
 from tlcore.config import Status
@@ -21,6 +30,7 @@ from tlcore.errors import TransferLabError
 from tlcore.training.state import JobState
 
 POLL_SECONDS = 0.5
+SEEN_FILE = ".seen-by-ray"  # written for a moment into a run folder, to ask an actor whether it sees it
 LOCAL_OBJECT_STORE_BYTES = 256 * 1024 * 1024  # a local cluster only passes small messages
 
 
@@ -40,6 +50,34 @@ def _number(name: str, default: float) -> float:
 def resources() -> dict:
     """What each training asks Ray for."""
     return {"num_cpus": _number("TLCORE_RAY_CPUS", 1.0), "num_gpus": _number("TLCORE_RAY_GPUS", 0.0)}
+
+
+def shared_files() -> str:
+    """`TLCORE_RAY_SHARED_FILES`: "auto", "yes" or "no"."""
+    value = os.environ.get("TLCORE_RAY_SHARED_FILES", "").strip().lower() or "auto"
+    if value not in ("auto", "yes", "no"):
+        raise ValueError(f"TLCORE_RAY_SHARED_FILES must be auto, yes or no, not {value!r}")
+    return value
+
+
+def pack(folder: str | Path) -> bytes:
+    """A folder's files as zip bytes (a dataset, or a run folder), to travel with a job."""
+    folder = Path(folder)
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as archive:
+        for path in sorted(folder.rglob("*")):
+            if path.is_file() and not path.is_symlink():
+                archive.write(path, path.relative_to(folder).as_posix())
+    return buffer.getvalue()
+
+
+def unpack(data: bytes, folder: str | Path) -> Path:
+    """Writes zip bytes made by `pack` into `folder` (files already there are replaced)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(io.BytesIO(data)) as archive:
+        archive.extractall(folder)  # extractall keeps every member inside `folder`
+    return folder
 
 
 def connect() -> None:
@@ -126,18 +164,49 @@ class TrainingActor:
     def ready(self) -> tuple[str, int]:
         return self.device, os.getpid()
 
-    def train(self, spec) -> dict:
+    def sees(self, run_dir: str, token: str) -> bool:
+        """True when this actor sees the server's run folder (the same files, not just the same path)."""
+        try:
+            return (Path(run_dir) / SEEN_FILE).read_text() == token
+        except OSError:
+            return False
+
+    def train(self, spec, shipped: dict | None = None) -> dict:
+        """Runs a job; `shipped` carries its dataset and run folder when this actor cannot see the
+        server's files, and the run folder then goes back with the result."""
         from tlcore.engines.worker import failed_state, job_for
 
+        copies = None
         try:
+            if shipped is not None:
+                copies = Path(tempfile.mkdtemp(prefix="job-", dir=self._own_folder()))
+                spec = self._on_copies(spec, shipped, copies)
             job = job_for(spec)
         except Exception as error:  # noqa: BLE001  (reported as the run's failure)
-            return failed_state(error)
+            return {"state": failed_state(error), "folder": None}
         self.jobs[spec.name] = job
         try:
-            return job.run().to_dict()
+            state = job.run().to_dict()
+            return {"state": state, "folder": pack(spec.run_dir) if copies is not None else None}
         finally:
             self.jobs.pop(spec.name, None)
+            if copies is not None:
+                shutil.rmtree(copies, ignore_errors=True)
+
+    @staticmethod
+    def _own_folder() -> Path:
+        """This actor's folder, which keeps its feature cache from job to job."""
+        own = Path(tempfile.gettempdir()) / f"tlcore-ray-{os.getpid()}"
+        own.mkdir(parents=True, exist_ok=True)
+        return own
+
+    def _on_copies(self, spec, shipped: dict, copies: Path):
+        """The spec on copies of its dataset and run folder, unpacked into `copies`."""
+        own = self._own_folder()
+        data = unpack(shipped["data"], copies / "data" / shipped["data_name"])
+        run_dir = unpack(shipped["run"], copies / "runs" / spec.name)
+        env = {**spec.env, "TLCORE_RUNS": str(copies / "runs"), "TLCORE_HOME": str(own / "home")}
+        return replace(spec, run_dir=str(run_dir), data=str(data), work_dir=str(own / "work"), env=env)
 
     def snapshot(self, name: str) -> dict | None:
         job = self.jobs.get(name)
@@ -207,11 +276,15 @@ class RayActorSlot(Slot):
             self._job = job
         try:
             actor = self._ensure_actor()
-            result = actor.train.remote(job.spec)
+            shipped = self._shipment(actor, job)
+            result = actor.train.remote(job.spec, shipped)
             while True:
                 done, _ = ray.wait([result], timeout=POLL_SECONDS)
                 if done:
-                    job.report(JobState.from_dict(ray.get(result)))
+                    outcome = ray.get(result)
+                    if outcome["folder"] is not None:
+                        unpack(outcome["folder"], job.run_dir)
+                    job.report(JobState.from_dict(outcome["state"]))
                     return
                 state = ray.get(actor.snapshot.remote(job.run_dir.name))
                 if state is not None:
@@ -225,6 +298,26 @@ class RayActorSlot(Slot):
         finally:
             with self._lock:
                 self._job = None
+
+    @staticmethod
+    def _shipment(actor, job: ServedJob) -> dict | None:
+        """The job's dataset and run folder, when the actor does not see the server's files."""
+        import ray
+
+        setting = shared_files()
+        if setting == "auto":
+            marker, token = job.run_dir / SEEN_FILE, secrets.token_hex(16)
+            marker.write_text(token)
+            try:
+                setting = "yes" if ray.get(actor.sees.remote(str(job.run_dir), token)) else "no"
+            finally:
+                marker.unlink(missing_ok=True)
+        if setting == "yes":
+            return None
+        from tlcore.dataset import data_source
+
+        data = Path(data_source(job.spec.data))
+        return {"data": pack(data), "data_name": data.name or "data", "run": pack(job.run_dir)}
 
     def stop(self, job: ServedJob) -> None:
         with self._lock:

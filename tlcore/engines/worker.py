@@ -102,7 +102,8 @@ def job_for(spec, job_class=None):
     if not os.path.isdir(spec.run_dir):
         raise TransferLabError(
             "Training failed: this worker cannot see the run folder. Workers on other machines need the "
-            "server's TLCORE_RUNS and TLCORE_HOME folders at the same paths (a shared file system)."
+            "server's TLCORE_RUNS and TLCORE_HOME folders at the same paths (a shared file system), "
+            "or TLCORE_RAY_SHARED_FILES set to auto or no, so that the files travel with each job."
         )
     os.environ.update(spec.env)
     return job_class(spec.data, spec.model_config, spec.train_config, work_dir=spec.work_dir, run=Run(spec.run_dir))

@@ -54,7 +54,7 @@ class TrainingJob:
         callbacks: Sequence[keras.callbacks.Callback] = (),
         run: Run | None = None,
     ):
-        from tlcore.dataset import default_work_dir
+        from tlcore.dataset import data_source, default_work_dir
 
         self.model_config = (model_config or ModelConfig()).resolved()
         self.train_config = (train_config or TrainConfig()).resolved()
@@ -70,7 +70,7 @@ class TrainingJob:
         self._interrupted: str | None = None
         self._thread: threading.Thread | None = None
         self._context: StageContext | None = None
-        source = str(getattr(data, "root", data))
+        source = data_source(data)
         self.run_folder = run or Run.create(runs_dir if runs_dir is not None else default_runs_dir(),
                                             self.model_config, self.train_config, {"source": source})
         self.run_folder.mark_live(True)
