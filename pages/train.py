@@ -38,9 +38,9 @@ def live() -> None:
     state = job.snapshot() if job is not None else None
     if state is None or state.done:
         st.rerun()
-    if state.status == Status.QUEUED:
-        jobs = engine()
-        place = jobs.position(job.id)
+    jobs = engine()
+    # Place 0: a worker took it after its status was read; it is starting, not waiting.
+    if state.status == Status.QUEUED and (place := jobs.position(job.id)):
         start = jobs.estimated_start(job.id)
         when = f" It should start in about {duration(start)}." if start else ""
         st.info(

@@ -377,6 +377,7 @@ def test_train_page_offers_kept_augmented_copies(dirs, fake_manager):
 
 
 def test_train_page_submits_the_chosen_settings(dirs, fake_manager):
+    fake_manager.place = 1
     at = with_sample("train")
     at.number_input(key="keep.epochs").set_value(3)
     at.selectbox(key="keep.optimizer").set_value("rmsprop")
@@ -432,6 +433,15 @@ def test_train_page_reattaches_after_a_reload_and_stops_the_job(dirs, fake_manag
     # Opening another page keeps the training in the address bar, for the next reload.
     at.switch_page("pages/data.py").run()
     assert at.query_params["job"] == "run-1"
+
+
+def test_a_queued_training_that_has_just_started_is_not_said_to_wait_at_place_0(dirs, fake_manager):
+    # The worker took it between the page reading its status (queued) and asking for its place.
+    at = with_sample("train")
+    at.button[0].click().run()
+    assert not at.exception
+    shown = " ".join(texts(at.info) + texts(at.markdown))
+    assert "place 0" not in shown and "Waiting in line: starting" in shown
 
 
 def test_train_page_lets_a_second_user_queue_behind_a_running_job(dirs, fake_manager, tmp_path):
