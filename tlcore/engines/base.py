@@ -56,6 +56,9 @@ class ServedJob:
     def __init__(self, spec: JobSpec, run_folder: Run, engine: "Engine"):
         self.spec = spec
         self.run_folder = run_folder
+        # The engine's name for the job: its run folder's absolute path (run folders of different
+        # workspaces share a name when two students start in the same second).
+        self.id = str(run_folder.path)
         self.data = spec.data
         self.model_config = spec.model_config
         self.train_config = spec.train_config
@@ -68,12 +71,6 @@ class ServedJob:
     @property
     def run_dir(self) -> Path:
         return self.run_folder.path
-
-    @property
-    def id(self) -> str:
-        """The engine's name for the job: its run folder's absolute path (run folders of different
-        workspaces may share a name, when two students start in the same second)."""
-        return str(self.run_dir)
 
     @property
     def status(self) -> Status:
@@ -158,8 +155,8 @@ class Engine:
     """A queue of trainings served by `workers` slots, oldest first.
 
     Front ends submit, then poll `get(job_id)`; a job's id (`ServedJob.id`) is its run folder's
-    absolute path, see `job_id`. A queued job is told its place (`position`) and an estimated
-    start (`estimated_start`).
+    absolute path. A queued job is told its place (`position`) and an estimated start
+    (`estimated_start`).
     """
 
     name = "engine"
@@ -230,7 +227,7 @@ class Engine:
         run = Run.create(folder, model_config, train_config, {"source": source})
         run.mark_live(True)
         run.write_status(Status.QUEUED)
-        spec = JobSpec(str(run.path.resolve()), data, model_config, train_config,
+        spec = JobSpec(str(run.path), data, model_config, train_config,
                        str(Path(work_dir if work_dir is not None else default_work_dir()).resolve()), forwarded_env())
         job = ServedJob(spec, run, self)
         with self._condition:
@@ -275,14 +272,14 @@ class Engine:
         with self._condition:
             if job_id in self._running:
                 return 0.0
-            names = [job.id for job in self._queue]
-            if job_id not in names:
+            ids = [job.id for job in self._queue]
+            if job_id not in ids:
                 return None
             typical = statistics.median(self._durations) if self._durations else DEFAULT_JOB_SECONDS
             now = time.time()
             free = sorted(max(typical - (now - started), 0.0) for _, started in self._running.values())
             free += [0.0] * (self.workers - len(free))
-            for _ in range(names.index(job_id)):
+            for _ in range(ids.index(job_id)):
                 free[0] += typical
                 free.sort()
             return free[0]

@@ -179,8 +179,9 @@ class TrainingActor:
         copies = None
         try:
             if shipped is not None:
-                copies = Path(tempfile.mkdtemp(prefix="job-", dir=self._own_folder()))
-                spec = self._on_copies(spec, shipped, copies)
+                own = self._own_folder()
+                copies = Path(tempfile.mkdtemp(prefix="job-", dir=own))
+                spec = self._on_copies(spec, shipped, copies, own)
             job = job_for(spec)
         except Exception as error:  # noqa: BLE001  (reported as the run's failure)
             return {"state": failed_state(error), "folder": None}
@@ -200,9 +201,10 @@ class TrainingActor:
         own.mkdir(parents=True, exist_ok=True)
         return own
 
-    def _on_copies(self, spec, shipped: dict, copies: Path):
-        """The spec on copies of its dataset and run folder, unpacked into `copies`."""
-        own = self._own_folder()
+    @staticmethod
+    def _on_copies(spec, shipped: dict, copies: Path, own: Path):
+        """The spec on copies of its dataset and run folder, unpacked into `copies`; its feature
+        cache and home in the actor's own folder `own`."""
         data = unpack(shipped["data"], copies / "data" / shipped["data_name"])
         run_dir = unpack(shipped["run"], copies / "runs" / spec.name)
         env = {**spec.env, "TLCORE_RUNS": str(copies / "runs"), "TLCORE_HOME": str(own / "home")}
